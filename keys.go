@@ -1,0 +1,463 @@
+package jwkscache
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	jose "github.com/go-jose/go-jose/v4"
+	josejson "github.com/go-jose/go-jose/v4/json"
+)
+
+// KeyInfo describes one usable key of a provider, as its JWK states it.
+type KeyInfo struct {
+	KID string `json:"kid"`
+	KTY string `json:"kty"`
+	Alg string `json:"alg,omitempty"` // "" when the JWK names none
+	Crv string `json:"crv,omitempty"`
+	Use string `json:"use,omitempty"`
+	// Algs lists the JWS algorithms the key may verify: the JWK's alg
+	// when it names one, else every algorithm of its family.
+	Algs []string `json:"algs,omitempty"`
+}
+
+// SkippedKey is a JWK of a fetched set that the cache does not use, and why.
+type SkippedKey struct {
+	KID    string `json:"kid"`
+	Index  int    `json:"index"` // position in the document's keys array
+	Reason string `json:"reason"`
+}
+
+// Reasons a key is skipped (SkippedKey.Reason). The values are stable.
+const (
+	SkipTooManyKeys     = "too_many_keys"          // beyond the first 100 keys of a document
+	SkipSymmetric       = "symmetric_key"          // kty "oct": secrets never belong in a public JWKS
+	SkipPrivateMaterial = "private_key_material"   // d, p, q, dp, dq, qi, oth or priv present
+	SkipUse             = "use_not_sig"            // use present and other than "sig"
+	SkipKeyOps          = "key_ops_without_verify" // key_ops present without "verify"
+	SkipKty             = "unsupported_kty"        // kty other than RSA, EC, OKP
+	SkipCrv             = "unsupported_crv"        // EC curve other than P-256/384/521, OKP other than Ed25519
+	SkipAlg             = "unsupported_alg"        // alg unknown, or not of the key's type and curve
+	SkipEncoding        = "invalid_encoding"       // bad base64url or JSON member types
+	SkipInvalid         = "invalid_key"            // the key does not parse (bad point, x5c mismatch, ...)
+	SkipRSASize         = "rsa_key_size"           // RSA modulus outside 2048-8192 bits, or over go-jose's jose.MaxRSAModulusBits (default 4096)
+	SkipDuplicate       = "duplicate"              // identical to an earlier key of the same kid (merged)
+)
+
+// algSet is a bit set of supported JWS algorithms.
+type algSet uint16
+
+const (
+	algRS256 algSet = 1 << iota
+	algRS384
+	algRS512
+	algPS256
+	algPS384
+	algPS512
+	algES256
+	algES384
+	algES512
+	algEdDSA
+
+	familyRSA = algRS256 | algRS384 | algRS512 | algPS256 | algPS384 | algPS512
+)
+
+var algNames = [...]string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+
+// algBit returns the bit of a JWS alg name, 0 for an unsupported one.
+// "Ed25519" (RFC 9864) is the fully specified name of EdDSA with Ed25519.
+func algBit(name string) algSet {
+	switch name {
+	case "RS256":
+		return algRS256
+	case "RS384":
+		return algRS384
+	case "RS512":
+		return algRS512
+	case "PS256":
+		return algPS256
+	case "PS384":
+		return algPS384
+	case "PS512":
+		return algPS512
+	case "ES256":
+		return algES256
+	case "ES384":
+		return algES384
+	case "ES512":
+		return algES512
+	case "EdDSA", "Ed25519":
+		return algEdDSA
+	}
+	return 0
+}
+
+func (s algSet) names() []string {
+	var out []string
+	for i, n := range algNames {
+		if s&(1<<i) != 0 {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// typedKey is a usable verification key and the algorithms it may verify.
+type typedKey struct {
+	jwk  jose.JSONWebKey
+	info KeyInfo
+	algs algSet
+}
+
+// keySet is the parsed, validated content of one JWKS document. It is
+// immutable once built.
+type keySet struct {
+	keys []*typedKey // usable keys in document order
+	// byKID indexes keys by kid ("" for keys without one) when the set is
+	// larger than smallSet; smaller sets are scanned, which is as fast and
+	// saves the map's memory (it counts with 100,000 providers).
+	byKID   map[string][]*typedKey
+	skipped []SkippedKey
+	// uniqueKIDs is true when no two usable keys share a kid, so a scan
+	// may stop at the first match.
+	uniqueKIDs bool
+}
+
+// smallSet is the largest set searched without the byKID index.
+const smallSet = 8
+
+// candidates returns the keys whose kid equals kid.
+func (ks *keySet) candidates(kid string) []*typedKey {
+	if ks.byKID != nil {
+		return ks.byKID[kid]
+	}
+	var out []*typedKey
+	for _, k := range ks.keys {
+		if k.info.KID == kid {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+func containsKID(keys []*typedKey, kid string) bool {
+	for _, k := range keys {
+		if k.info.KID == kid {
+			return true
+		}
+	}
+	return false
+}
+
+// find returns the only key of kid, or nil when kid names no key or
+// several. It is the allocation-free fast path of lookup.
+func (ks *keySet) find(kid string) *typedKey {
+	var found *typedKey
+	if ks.byKID != nil {
+		c := ks.byKID[kid]
+		if len(c) != 1 {
+			return nil
+		}
+		return c[0]
+	}
+	for _, k := range ks.keys {
+		if k.info.KID == kid {
+			if ks.uniqueKIDs {
+				return k
+			}
+			if found != nil {
+				return nil
+			}
+			found = k
+		}
+	}
+	return found
+}
+
+// jwkHeader holds the members checked before a key is parsed.
+type jwkHeader struct {
+	Kty    string          `json:"kty"`
+	Kid    string          `json:"kid"`
+	Crv    string          `json:"crv"`
+	Alg    string          `json:"alg"`
+	Use    string          `json:"use"`
+	KeyOps []string        `json:"key_ops"`
+	D      json.RawMessage `json:"d"`
+	P      json.RawMessage `json:"p"`
+	Q      json.RawMessage `json:"q"`
+	Dp     json.RawMessage `json:"dp"`
+	Dq     json.RawMessage `json:"dq"`
+	Qi     json.RawMessage `json:"qi"`
+	Oth    json.RawMessage `json:"oth"`
+	Priv   json.RawMessage `json:"priv"`
+	K      json.RawMessage `json:"k"`
+}
+
+func (h *jwkHeader) hasPrivate() bool {
+	return h.D != nil || h.P != nil || h.Q != nil || h.Dp != nil || h.Dq != nil ||
+		h.Qi != nil || h.Oth != nil || h.Priv != nil
+}
+
+// errNotJWKS and errHTML are the parse failures of a whole document.
+var (
+	errHTML    = errors.New("response is HTML, not a JWKS (a login page or an error page?)")
+	errNotJWKS = errors.New("not a JWKS document: want a JSON object with a \"keys\" array")
+)
+
+// parseKeySet parses and validates a JWKS document. Keys that cannot be used
+// for signature verification are skipped with a reason; the document is an
+// error only when it is not a JWKS at all (errNotJWKS, errHTML, a JSON
+// error) or holds no usable key (the returned set then carries the skip
+// reasons, and the error wraps ErrNoKeys).
+func parseKeySet(raw []byte) (*keySet, error) {
+	trimmed := bytes.TrimLeft(raw, " \t\r\n\ufeff")
+	if len(trimmed) > 0 && trimmed[0] == '<' {
+		return nil, errHTML
+	}
+	var doc struct {
+		Keys *[]json.RawMessage `json:"keys"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return nil, fmt.Errorf("%w: %v", errNotJWKS, err)
+	}
+	if doc.Keys == nil {
+		return nil, errNotJWKS
+	}
+	ks := &keySet{}
+	for i, rk := range *doc.Keys {
+		if i >= maxKeysPerSet {
+			ks.skipped = append(ks.skipped, SkippedKey{KID: kidOf(rk), Index: i, Reason: SkipTooManyKeys})
+			continue
+		}
+		tk, reason := parseKey(rk)
+		if reason == "" && ks.isDuplicate(tk) {
+			reason = SkipDuplicate
+		}
+		if reason != "" {
+			ks.skipped = append(ks.skipped, SkippedKey{KID: kidOf(rk), Index: i, Reason: reason})
+			continue
+		}
+		ks.keys = append(ks.keys, tk)
+	}
+	ks.uniqueKIDs = true
+	for i, k := range ks.keys {
+		if containsKID(ks.keys[:i], k.info.KID) {
+			ks.uniqueKIDs = false
+		}
+	}
+	if len(ks.keys) > smallSet {
+		ks.byKID = make(map[string][]*typedKey, len(ks.keys))
+		for _, k := range ks.keys {
+			ks.byKID[k.info.KID] = append(ks.byKID[k.info.KID], k)
+		}
+	}
+	if len(ks.keys) == 0 {
+		return ks, fmt.Errorf("%w: %d keys in the document, none usable for signature verification%s",
+			ErrNoKeys, len(*doc.Keys), ks.skipSummary())
+	}
+	return ks, nil
+}
+
+func (ks *keySet) skipSummary() string {
+	if len(ks.skipped) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString(" (skipped:")
+	for i, s := range ks.skipped {
+		if i == 5 {
+			fmt.Fprintf(&b, " and %d more", len(ks.skipped)-i)
+			break
+		}
+		fmt.Fprintf(&b, " %q=%s", s.KID, s.Reason)
+	}
+	b.WriteString(")")
+	return b.String()
+}
+
+// isDuplicate reports whether tk repeats a key already in ks: same kid, same
+// algorithms and the same public key. Such copies are merged.
+func (ks *keySet) isDuplicate(tk *typedKey) bool {
+	for _, o := range ks.candidates(tk.info.KID) {
+		if o.algs == tk.algs && o.info.Use == tk.info.Use && publicKeyEqual(o.jwk.Key, tk.jwk.Key) {
+			return true
+		}
+	}
+	return false
+}
+
+func publicKeyEqual(a, b crypto.PublicKey) bool {
+	type equaler interface{ Equal(crypto.PublicKey) bool }
+	if e, ok := a.(equaler); ok {
+		return e.Equal(b)
+	}
+	return false
+}
+
+func kidOf(rk json.RawMessage) string {
+	var h struct {
+		Kid any `json:"kid"`
+	}
+	if json.Unmarshal(rk, &h) != nil {
+		return ""
+	}
+	if s, ok := h.Kid.(string); ok {
+		return s
+	}
+	return ""
+}
+
+// parseKey types one JWK. It returns the skip reason when the key is not
+// usable for signature verification.
+func parseKey(rk json.RawMessage) (*typedKey, string) {
+	// The header is read with go-jose's JSON decoder, the one that parses
+	// the key below: it matches member names case-sensitively and refuses
+	// duplicate members. encoding/json would read {"use":"enc","USE":"sig"}
+	// as use=sig while go-jose reads use=enc, so the checks below would
+	// judge a different key from the one kept.
+	var h jwkHeader
+	if err := josejson.Unmarshal(rk, &h); err != nil {
+		return nil, SkipEncoding
+	}
+	switch {
+	case h.Kty == "oct" || h.K != nil:
+		return nil, SkipSymmetric
+	case h.hasPrivate():
+		return nil, SkipPrivateMaterial
+	case h.Use != "" && h.Use != "sig":
+		return nil, SkipUse
+	case h.KeyOps != nil && !slices.Contains(h.KeyOps, "verify"):
+		return nil, SkipKeyOps
+	}
+	var family algSet
+	switch h.Kty {
+	case "RSA":
+		family = familyRSA
+	case "EC":
+		switch h.Crv {
+		case "P-256":
+			family = algES256
+		case "P-384":
+			family = algES384
+		case "P-521":
+			family = algES512
+		default:
+			return nil, SkipCrv
+		}
+	case "OKP":
+		if h.Crv != "Ed25519" {
+			return nil, SkipCrv
+		}
+		family = algEdDSA
+	default:
+		return nil, SkipKty
+	}
+	algs := family
+	if h.Alg != "" {
+		bit := algBit(h.Alg)
+		if bit == 0 || bit&family == 0 {
+			return nil, SkipAlg
+		}
+		algs = bit
+	}
+	var jwk jose.JSONWebKey
+	if err := jwk.UnmarshalJSON(rk); err != nil {
+		switch {
+		case strings.Contains(err.Error(), "base64"):
+			return nil, SkipEncoding
+		case h.Kty == "RSA" && errors.Is(err, jose.ErrUnsupportedKeyType):
+			// go-jose refuses moduli over jose.MaxRSAModulusBits (4096
+			// unless the program raises it), before our own bound.
+			return nil, SkipRSASize
+		}
+		return nil, SkipInvalid
+	}
+	// Belt and braces: go-jose decides by member presence too, but a key
+	// must never carry private material into the cache.
+	if !jwk.IsPublic() {
+		return nil, SkipPrivateMaterial
+	}
+	switch k := jwk.Key.(type) {
+	case *rsa.PublicKey:
+		if bits := k.N.BitLen(); bits < 2048 || bits > 8192 {
+			return nil, SkipRSASize
+		}
+	case *ecdsa.PublicKey, ed25519.PublicKey:
+	default:
+		return nil, SkipKty
+	}
+	// The cache never follows x5u; drop it so nobody downstream does either.
+	jwk.CertificatesURL = nil
+	return &typedKey{
+		jwk:  jwk,
+		algs: algs,
+		info: KeyInfo{KID: h.Kid, KTY: h.Kty, Alg: h.Alg, Crv: h.Crv, Use: h.Use},
+	}, ""
+}
+
+// lookup returns the only key of kid, for callers that do not know the
+// token's algorithm. A kid shared by keys of different families is
+// ambiguous. An empty kid matches the set's only key, if it has one.
+func (ks *keySet) lookup(kid string) (*typedKey, error) {
+	cands := ks.candidates(kid)
+	if len(cands) == 1 {
+		return cands[0], nil
+	}
+	if kid == "" && len(cands) == 0 && len(ks.keys) == 1 {
+		return ks.keys[0], nil
+	}
+	if len(cands) == 0 {
+		return nil, ErrKeyNotFound
+	}
+	return nil, fmt.Errorf("%w: kid %q names %d keys; the token's algorithm tells them apart (use Keyfunc)", ErrKeyNotFound, kid, len(cands))
+}
+
+// lookupAlg returns the key for a token header's kid and alg. With a kid, the
+// key of that kid whose family includes alg; without one, the only key of
+// the set that may verify alg (OpenID Connect Core 1.0, section 10.1: with
+// several keys a kid is required). Two candidates are never resolved by
+// taking the first.
+func (ks *keySet) lookupAlg(kid, alg string) (*typedKey, error) {
+	bit := algBit(alg)
+	if bit == 0 {
+		return nil, fmt.Errorf("%w: unsupported algorithm %q", ErrKeyNotFound, alg)
+	}
+	var found *typedKey
+	n := 0
+	cands := ks.keys
+	if kid != "" && ks.byKID != nil {
+		cands = ks.byKID[kid]
+	}
+	kidSeen := false
+	for _, k := range cands {
+		if kid != "" && k.info.KID != kid {
+			continue
+		}
+		kidSeen = true
+		if k.algs&bit != 0 {
+			found = k
+			n++
+		}
+	}
+	switch {
+	case n == 1:
+		return found, nil
+	case n > 1 && kid == "":
+		return nil, fmt.Errorf("%w: token has no kid and %d keys may verify %s", ErrKeyNotFound, n, alg)
+	case n > 1:
+		return nil, fmt.Errorf("%w: kid %q names %d keys that may verify %s", ErrKeyNotFound, kid, n, alg)
+	case kidSeen && kid != "":
+		return nil, fmt.Errorf("%w: key %q may not verify %s", ErrKeyNotFound, kid, alg)
+	}
+	return nil, ErrKeyNotFound
+}
+
+// has reports whether kid names at least one key.
+func (ks *keySet) has(kid string) bool { return len(ks.candidates(kid)) > 0 }
