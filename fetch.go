@@ -1,0 +1,602 @@
+package jwkscache
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Version is the version of this module, sent in the User-Agent header.
+const Version = "0.1.0"
+
+const userAgent = "jwkscache/" + Version
+
+// validators are the cache validators of a stored response (RFC 9110
+// section 8.8), sent back as If-None-Match and If-Modified-Since.
+type validators struct {
+	ETag         string
+	LastModified string
+}
+
+// fetchResult is a successful fetch: either "not modified" with renewed
+// freshness, or a new document.
+type fetchResult struct {
+	NotModified bool
+	Body        []byte   // the raw document as served (after decompression); nil when NotModified
+	Hash        [32]byte // SHA-256 of Body
+	Validators  validators
+	Fresh       freshness
+	FetchedAt   time.Time
+	URL         string // the final URL, after redirects
+	Attempts    int
+}
+
+// keysResult is a successful key set fetch.
+type keysResult struct {
+	fetchResult
+	Keys *keySet // nil when NotModified
+}
+
+// fetcher performs secure fetches for every provider of a Manager. It is
+// safe for concurrent use.
+type fetcher struct {
+	opts   Options
+	custom http.RoundTripper // from Options.HTTPClient, or nil
+	dialer *net.Dialer
+
+	mu         sync.Mutex
+	transports map[string]*http.Transport // by pin set; guarded by mu
+}
+
+func newFetcher(opts Options) *fetcher {
+	f := &fetcher{opts: opts, transports: make(map[string]*http.Transport)}
+	if opts.HTTPClient != nil {
+		f.custom = opts.HTTPClient.Transport
+		if f.custom == nil {
+			f.custom = http.DefaultTransport
+		}
+	}
+	f.dialer = &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second, Control: f.guardDial}
+	return f
+}
+
+// close releases idle connections.
+func (f *fetcher) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, t := range f.transports {
+		t.CloseIdleConnections()
+	}
+}
+
+// policyFor returns the URL policy of a registration under f's options.
+func (f *fetcher) policyFor(reg *Registration) urlPolicy {
+	return urlPolicy{
+		allowHTTP:        reg.AllowHTTP && f.opts.AllowHTTP,
+		domains:          f.opts.AllowedDomains,
+		regDomains:       reg.AllowedDomains,
+		allowedAddresses: f.opts.AllowedAddresses,
+	}
+}
+
+// fetchKeys fetches and validates the key set of reg at rawURL. With
+// validators it makes a conditional request; a 304 answer returns
+// NotModified. Errors are *FetchError.
+func (f *fetcher) fetchKeys(ctx context.Context, reg *Registration, rawURL string, val validators) (*keysResult, error) {
+	res, err := f.fetch(ctx, reg, rawURL, val, func(body []byte) (any, error) {
+		ks, err := parseKeySet(body)
+		if err != nil {
+			return ks, err
+		}
+		return ks, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := &keysResult{fetchResult: res.fetchResult}
+	if res.parsed != nil {
+		out.Keys = res.parsed.(*keySet)
+	}
+	return out, nil
+}
+
+// discoveryDoc is the part of an OIDC discovery document the cache uses.
+type discoveryDoc struct {
+	Issuer  string `json:"issuer"`
+	JWKSURI string `json:"jwks_uri"`
+}
+
+// discoveryResult is a successful discovery fetch.
+type discoveryResult struct {
+	fetchResult
+	Doc *discoveryDoc // nil when NotModified
+}
+
+// fetchDiscovery fetches the OIDC discovery document of reg.Issuer and
+// checks that its issuer equals reg.Issuer exactly and that its jwks_uri
+// passes the URL policy.
+func (f *fetcher) fetchDiscovery(ctx context.Context, reg *Registration, val validators) (*discoveryResult, error) {
+	pol := f.policyFor(reg)
+	res, err := f.fetch(ctx, reg, reg.discoveryURL(), val, func(body []byte) (any, error) {
+		var d discoveryDoc
+		if bytes.HasPrefix(bytes.TrimSpace(body), []byte("<")) {
+			return nil, errHTML
+		}
+		if err := json.Unmarshal(body, &d); err != nil {
+			return nil, fmt.Errorf("discovery document: %v", err)
+		}
+		if d.Issuer != reg.Issuer {
+			return nil, fmt.Errorf("discovery document issuer %q does not equal the registered issuer %q", d.Issuer, reg.Issuer)
+		}
+		u, err := url.Parse(d.JWKSURI)
+		if err != nil || d.JWKSURI == "" {
+			return nil, fmt.Errorf("discovery document: bad jwks_uri %q", d.JWKSURI)
+		}
+		if err := pol.checkParsed(u); err != nil {
+			return nil, fmt.Errorf("discovery document jwks_uri: %w", err)
+		}
+		return &d, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := &discoveryResult{fetchResult: res.fetchResult}
+	if res.parsed != nil {
+		out.Doc = res.parsed.(*discoveryDoc)
+	}
+	return out, nil
+}
+
+type parsedResult struct {
+	fetchResult
+	parsed any
+}
+
+// fetch runs the attempts of one fetch under reg's retry policy: the whole
+// fetch is bounded by Deadline, each attempt by AttemptTimeout, and only
+// network errors, timeouts, 408, 429 and 5xx are retried, after an
+// exponential backoff with jitter or the server's Retry-After.
+func (f *fetcher) fetch(ctx context.Context, reg *Registration, rawURL string, val validators, parse func([]byte) (any, error)) (*parsedResult, error) {
+	rp := &reg.Retry
+	ctx, cancel := context.WithTimeout(ctx, rp.Deadline)
+	defer cancel()
+	var prev time.Duration
+	for attempt := 1; ; attempt++ {
+		res, err := f.attempt(ctx, reg, rawURL, val, parse)
+		if err == nil {
+			res.Attempts = attempt
+			return res, nil
+		}
+		fe := err.(*FetchError)
+		if attempt >= rp.attempts() || !fe.retryable() || ctx.Err() != nil {
+			return nil, fe
+		}
+		wait := backoff(rp, attempt, prev)
+		prev = wait
+		if fe.RetryAfter > 0 {
+			wait = fe.RetryAfter
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
+			return nil, fe // the next attempt could not finish in time
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fe
+		}
+	}
+}
+
+// backoff returns the delay before retry number attempt (1-based), given
+// the previous delay for decorrelated jitter.
+func backoff(rp *RetryPolicy, attempt int, prev time.Duration) time.Duration {
+	base := rp.InitialBackoff << min(attempt-1, 30)
+	if base <= 0 || base > rp.MaxBackoff {
+		base = rp.MaxBackoff
+	}
+	switch rp.Jitter {
+	case JitterNone:
+		return base
+	case JitterDecorrelated:
+		hi := max(prev*3, rp.InitialBackoff)
+		d := rp.InitialBackoff + time.Duration(rand.Int64N(int64(hi-rp.InitialBackoff)+1))
+		return min(d, rp.MaxBackoff)
+	default: // full
+		return time.Duration(rand.Int64N(int64(base) + 1))
+	}
+}
+
+// retryable reports whether another attempt may succeed.
+func (e *FetchError) retryable() bool {
+	switch e.Class {
+	case ClassNetwork, ClassTimeout:
+		return !errors.Is(e.Err, context.Canceled)
+	case ClassStatus:
+		return e.StatusCode == http.StatusRequestTimeout || e.StatusCode == http.StatusTooManyRequests || e.StatusCode >= 500
+	}
+	return false
+}
+
+// attempt performs one request.
+func (f *fetcher) attempt(ctx context.Context, reg *Registration, rawURL string, val validators, parse func([]byte) (any, error)) (*parsedResult, error) {
+	fail := func(u string, class ErrorClass, status int, err error) *FetchError {
+		return &FetchError{TenantID: reg.TenantID, ProviderID: reg.ProviderID, URL: u, Class: class, StatusCode: status, Err: err}
+	}
+	ctx, cancel := context.WithTimeout(ctx, reg.Retry.AttemptTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
+	if err != nil {
+		return nil, fail(rawURL, ClassNetwork, 0, err)
+	}
+	pol := f.policyFor(reg)
+	if err := pol.checkParsed(req.URL); err != nil {
+		return nil, fail(rawURL, ClassRedirect, 0, fmt.Errorf("%w: %w", errPolicyHop, err))
+	}
+	req.Header.Set("Accept", "application/jwk-set+json, application/json")
+	req.Header.Set("User-Agent", userAgent)
+	// We ask for gzip ourselves so that the transport does not decompress
+	// behind our back: the size cap must apply after decompression.
+	req.Header.Set("Accept-Encoding", "gzip")
+	conditional := val.ETag != "" || val.LastModified != ""
+	if val.ETag != "" {
+		req.Header.Set("If-None-Match", val.ETag)
+	}
+	if val.LastModified != "" {
+		req.Header.Set("If-Modified-Since", val.LastModified)
+	}
+	pins := reg.pins()
+	// hop is the absolute URL of the latest redirect target. When
+	// CheckRedirect refuses a hop, the client reports the raw, possibly
+	// relative, Location value instead, so errors use hop.
+	var hop string
+	client := &http.Client{
+		Transport: f.transport(pins),
+		CheckRedirect: func(next *http.Request, via []*http.Request) error {
+			hop = next.URL.Redacted()
+			if len(via) > reg.redirectLimit() {
+				return fmt.Errorf("%w: stopped after %d redirects (maxRedirects %d)", errTooManyRedirects, len(via)-1, reg.redirectLimit())
+			}
+			if err := pol.checkParsed(next.URL); err != nil {
+				return fmt.Errorf("%w: %w", errPolicyHop, err)
+			}
+			return nil
+		},
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		u := rawURL
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			u, err = ue.URL, ue.Err
+		}
+		if hop != "" {
+			u = hop
+		}
+		return nil, fail(u, classify(err), 0, err)
+	}
+	defer resp.Body.Close()
+	finalURL := resp.Request.URL.String()
+	if len(pins) > 0 && f.custom != nil {
+		if err := checkPinsOnResponse(resp.TLS, pins); err != nil {
+			return nil, fail(finalURL, ClassPin, 0, err)
+		}
+	}
+	now := time.Now()
+	switch {
+	case resp.StatusCode == http.StatusNotModified && conditional:
+		fresh := computeFreshness(resp.Header, now, reg.MinTTL, reg.MaxTTL)
+		nv := val
+		if e := resp.Header.Get("ETag"); e != "" {
+			nv.ETag = e
+		}
+		if lm := resp.Header.Get("Last-Modified"); lm != "" {
+			nv.LastModified = lm
+		}
+		return &parsedResult{fetchResult: fetchResult{NotModified: true, Validators: nv, Fresh: fresh, FetchedAt: now, URL: finalURL}}, nil
+	case resp.StatusCode != http.StatusOK:
+		fe := fail(finalURL, ClassStatus, resp.StatusCode, fmt.Errorf("unexpected status %q", resp.Status))
+		if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+			fe.RetryAfter = retryAfter(resp.Header.Get("Retry-After"), now)
+		}
+		return nil, fe
+	}
+	body, err := readBody(resp, reg.MaxResponseBytes)
+	if err != nil {
+		class := ClassTooLarge
+		if !errors.Is(err, ErrTooLarge) {
+			class = classify(err)
+			if errors.Is(err, errBadEncoding) {
+				class = ClassParse
+			}
+		}
+		return nil, fail(finalURL, class, 0, err)
+	}
+	if ct := resp.Header.Get("Content-Type"); strings.HasPrefix(strings.ToLower(ct), "text/html") {
+		return nil, fail(finalURL, ClassParse, 0, errHTML)
+	}
+	parsed, err := parse(body)
+	if err != nil {
+		class := ClassParse
+		if errors.Is(err, ErrNoKeys) {
+			class = ClassNoKeys
+		}
+		return nil, fail(finalURL, class, 0, err)
+	}
+	return &parsedResult{
+		fetchResult: fetchResult{
+			Body:       body,
+			Hash:       sha256.Sum256(body),
+			Validators: validators{ETag: resp.Header.Get("ETag"), LastModified: resp.Header.Get("Last-Modified")},
+			Fresh:      computeFreshness(resp.Header, now, reg.MinTTL, reg.MaxTTL),
+			FetchedAt:  now,
+			URL:        finalURL,
+		},
+		parsed: parsed,
+	}, nil
+}
+
+var (
+	errBadEncoding      = errors.New("unsupported or corrupt Content-Encoding")
+	errTooManyRedirects = errors.New("too many redirects")
+)
+
+// readBody reads at most limit bytes of body, counted both as received and
+// after gzip decompression, so a small compressed bomb fails as soon as its
+// output passes the limit.
+func readBody(resp *http.Response, limit int64) ([]byte, error) {
+	if resp.ContentLength > limit {
+		return nil, fmt.Errorf("%w: Content-Length %d is over the limit of %d bytes", ErrTooLarge, resp.ContentLength, limit)
+	}
+	raw := &countingReader{r: io.LimitReader(resp.Body, limit+1)}
+	var r io.Reader = raw
+	switch ce := strings.ToLower(strings.TrimSpace(resp.Header.Get("Content-Encoding"))); ce {
+	case "", "identity":
+	case "gzip", "x-gzip":
+		gz, err := gzip.NewReader(raw)
+		if err != nil {
+			if raw.n > limit {
+				return nil, fmt.Errorf("%w: more than %d bytes received", ErrTooLarge, limit)
+			}
+			return nil, fmt.Errorf("%w: gzip: %v", errBadEncoding, err)
+		}
+		defer gz.Close()
+		r = gz
+	default:
+		return nil, fmt.Errorf("%w: %q", errBadEncoding, ce)
+	}
+	var buf bytes.Buffer
+	_, err := buf.ReadFrom(io.LimitReader(r, limit+1))
+	switch {
+	case raw.n > limit:
+		return nil, fmt.Errorf("%w: more than %d bytes received", ErrTooLarge, limit)
+	case int64(buf.Len()) > limit:
+		return nil, fmt.Errorf("%w: more than %d bytes after decompression", ErrTooLarge, limit)
+	case err != nil && r != io.Reader(raw) && !isNetErr(err):
+		return nil, fmt.Errorf("%w: gzip: %v", errBadEncoding, err)
+	case err != nil:
+		return nil, err
+	}
+	// The buffer grew in doublings; keep an exact copy, since snapshots
+	// hold it for their lifetime (it counts with 100,000 providers).
+	return bytes.Clone(buf.Bytes()), nil
+}
+
+func isNetErr(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// classify maps a transport error to its class.
+func classify(err error) ErrorClass {
+	var (
+		blocked *blockedAddressError
+		pin     *pinError
+		ne      net.Error
+		certErr *tls.CertificateVerificationError
+		unk     x509.UnknownAuthorityError
+		host    x509.HostnameError
+		inv     x509.CertificateInvalidError
+		rec     tls.RecordHeaderError
+		alert   tls.AlertError
+	)
+	switch {
+	case errors.As(err, &blocked):
+		return ClassBlockedAddress
+	case errors.As(err, &pin):
+		return ClassPin
+	case errors.Is(err, errPolicyHop), errors.Is(err, errTooManyRedirects):
+		return ClassRedirect
+	case errors.As(err, &certErr), errors.As(err, &unk), errors.As(err, &host), errors.As(err, &inv),
+		errors.As(err, &rec), errors.As(err, &alert):
+		return ClassTLS
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return ClassTimeout
+	}
+	return ClassNetwork
+}
+
+// transport returns the built-in transport for a pin set (one per distinct
+// set, so a connection verified against one provider's pins is never reused
+// for a provider with other pins), or the caller's transport.
+func (f *fetcher) transport(pins [][32]byte) http.RoundTripper {
+	if f.custom != nil {
+		return f.custom
+	}
+	var key strings.Builder
+	for _, p := range pins {
+		key.Write(p[:])
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if t, ok := f.transports[key.String()]; ok {
+		return t
+	}
+	tlsConf := &tls.Config{RootCAs: f.opts.RootCAs, MinVersion: tls.VersionTLS12}
+	if len(pins) > 0 {
+		pins := append([][32]byte(nil), pins...)
+		tlsConf.VerifyConnection = func(cs tls.ConnectionState) error {
+			return matchPins(cs.VerifiedChains, pins)
+		}
+	}
+	t := &http.Transport{
+		Proxy:             nil, // proxy environment variables are ignored
+		DialContext:       f.dialer.DialContext,
+		TLSClientConfig:   tlsConf,
+		ForceAttemptHTTP2: true,
+		// Many providers often share one IdP host (one URL per tenant),
+		// and the refresh workers fetch in parallel: keep enough idle
+		// connections that each fetch does not pay a TLS handshake.
+		MaxIdleConns:           256,
+		MaxIdleConnsPerHost:    max(2*f.opts.RefreshWorkers, 16),
+		IdleConnTimeout:        90 * time.Second,
+		TLSHandshakeTimeout:    10 * time.Second,
+		DisableCompression:     true,
+		MaxResponseHeaderBytes: 64 << 10,
+	}
+	f.transports[key.String()] = t
+	return t
+}
+
+// pinError is an SPKI pin mismatch.
+type pinError struct{ msg string }
+
+func (e *pinError) Error() string { return e.msg }
+
+// matchPins accepts the connection when any certificate of any verified
+// chain has a SubjectPublicKeyInfo whose SHA-256 equals a pin.
+func matchPins(chains [][]*x509.Certificate, pins [][32]byte) error {
+	for _, chain := range chains {
+		for _, c := range chain {
+			sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+			for _, p := range pins {
+				if sum == p {
+					return nil
+				}
+			}
+		}
+	}
+	return &pinError{"no certificate of the verified chain matches a pinned SPKI digest"}
+}
+
+// checkPinsOnResponse applies pins to the TLS state a caller-supplied
+// transport reports. Without verified chains only the leaf, whose key the
+// handshake proved, is trusted for matching.
+func checkPinsOnResponse(cs *tls.ConnectionState, pins [][32]byte) error {
+	if cs == nil {
+		return &pinError{"SPKI pins are set but the response did not come over TLS"}
+	}
+	if len(cs.VerifiedChains) > 0 {
+		return matchPins(cs.VerifiedChains, pins)
+	}
+	if len(cs.PeerCertificates) == 0 {
+		return &pinError{"SPKI pins are set but the server presented no certificate"}
+	}
+	return matchPins([][]*x509.Certificate{cs.PeerCertificates[:1]}, pins)
+}
+
+// blockedAddressError is a dial refused by the address policy.
+type blockedAddressError struct {
+	addr   netip.Addr
+	reason string
+}
+
+func (e *blockedAddressError) Error() string {
+	return fmt.Sprintf("address %s is %s and not within Options.AllowedAddresses", e.addr, e.reason)
+}
+
+func (e *blockedAddressError) Is(target error) bool { return target == ErrSecurityPolicy }
+
+// guardDial is the dialer's Control function. It runs after DNS resolution
+// with the address actually being dialled, so a name that resolves (or
+// re-resolves, in a DNS rebinding attack) to a refused address fails.
+func (f *fetcher) guardDial(network, address string, _ syscall.RawConn) error {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return &blockedAddressError{reason: "unparseable (" + address + ")"}
+	}
+	return checkAddr(ap.Addr(), f.opts.AllowedAddresses)
+}
+
+// blockedRanges are refused by the dial guard: they reach the machine itself,
+// its private networks or cloud metadata services rather than a public IdP.
+var blockedRanges = func() []struct {
+	p      netip.Prefix
+	reason string
+} {
+	list := []struct{ cidr, reason string }{
+		{"0.0.0.0/8", "in the \"this network\" range"},
+		{"10.0.0.0/8", "private (RFC 1918)"},
+		{"100.64.0.0/10", "carrier-grade NAT (RFC 6598)"},
+		{"127.0.0.0/8", "loopback"},
+		{"169.254.0.0/16", "link-local (includes the 169.254.169.254 metadata service)"},
+		{"172.16.0.0/12", "private (RFC 1918)"},
+		{"192.0.0.0/24", "IETF protocol assignments"},
+		{"192.168.0.0/16", "private (RFC 1918)"},
+		{"198.18.0.0/15", "benchmarking (RFC 2544)"},
+		{"224.0.0.0/4", "multicast"},
+		{"240.0.0.0/4", "reserved (includes broadcast)"},
+		{"::/128", "unspecified"},
+		{"::1/128", "loopback"},
+		{"::ffff:0:0/96", "IPv4-mapped IPv6"},
+		{"64:ff9b::/96", "NAT64"},
+		{"fc00::/7", "unique local (ULA)"},
+		{"fe80::/10", "link-local"},
+		{"ff00::/8", "multicast"},
+	}
+	out := make([]struct {
+		p      netip.Prefix
+		reason string
+	}, len(list))
+	for i, r := range list {
+		out[i].p = netip.MustParsePrefix(r.cidr)
+		out[i].reason = r.reason
+	}
+	return out
+}()
+
+// checkAddr applies the address policy to one resolved address.
+func checkAddr(a netip.Addr, allowed []netip.Prefix) error {
+	for _, p := range allowed {
+		if p.Contains(a) {
+			return nil
+		}
+	}
+	if a.Zone() != "" {
+		return &blockedAddressError{addr: a, reason: "scoped (has a zone)"}
+	}
+	for _, r := range blockedRanges {
+		if r.p.Contains(a) {
+			return &blockedAddressError{addr: a, reason: r.reason}
+		}
+	}
+	return nil
+}

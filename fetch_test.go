@@ -1,0 +1,1553 @@
+package jwkscache
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"testing/iotest"
+	"testing/synctest"
+	"time"
+
+	"github.com/jwkscache/jwkscache/internal/testidp"
+)
+
+// Tests of the secure fetcher. Every test runs against a loopback server
+// (real TLS unless stated otherwise) or the in-memory RoundTripper of
+// internal/testidp; none touches the internet.
+
+const jwksPath = testidp.DefaultPath
+
+// loopbackPrefixes lets the dial guard and the URL policy through to the
+// loopback test servers.
+var loopbackPrefixes = []netip.Prefix{
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("::1/128"),
+}
+
+// tlsIdP returns the default IdP (rsa-1, ec-1, ed-1, max-age=300) served
+// over TLS on 127.0.0.1.
+func tlsIdP(t *testing.T) (*testidp.IdP, *httptest.Server) {
+	t.Helper()
+	idp, _ := testidp.NewDefault()
+	return idp, idp.StartTLS(t)
+}
+
+// tlsOptions trusts idp's CA and lets the dial guard through to loopback.
+func tlsOptions(idp *testidp.IdP) Options {
+	return Options{RootCAs: idp.CertPool(), AllowedAddresses: loopbackPrefixes}
+}
+
+// newTestFetcher returns a fetcher for opts, closed when the test ends.
+func newTestFetcher(t *testing.T, opts Options) *fetcher {
+	t.Helper()
+	f := newFetcher(opts.withDefaults())
+	t.Cleanup(f.close)
+	return f
+}
+
+// testReg returns the registration acme/auth0, after mutate, with defaults
+// applied, and fails the test unless it passes validation under f's
+// policy. Its JWKSURL is https://idp.test/jwks.json unless mutate changes
+// it: tests pass the URL to fetch separately, as the Manager does with a
+// discovered jwks_uri, so that a registration can be valid while the URL
+// under test is not.
+func testReg(t *testing.T, f *fetcher, mutate func(*Registration)) *Registration {
+	t.Helper()
+	r := Registration{TenantID: "acme", ProviderID: "auth0", JWKSURL: "https://idp.test/jwks.json"}
+	if mutate != nil {
+		mutate(&r)
+	}
+	d := r.WithDefaults()
+	if err := d.validate(f.policyFor(&d)); err != nil {
+		t.Fatalf("test registration does not validate: %v", err)
+	}
+	return &d
+}
+
+// fastRetry keeps the default MaxRetries (2, so 3 attempts) but waits only
+// 1ms between attempts, for real-time tests of retried faults.
+var fastRetry = RetryPolicy{InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond}
+
+func portOf(t *testing.T, srv *httptest.Server) string {
+	t.Helper()
+	return strconv.Itoa(srv.Listener.Addr().(*net.TCPAddr).Port)
+}
+
+// wantFetchError fails the test unless err is a *FetchError of class for
+// acme/auth0, and returns it.
+func wantFetchError(t *testing.T, err error, class ErrorClass) *FetchError {
+	t.Helper()
+	var fe *FetchError
+	if !errors.As(err, &fe) {
+		t.Fatalf("error = %v (%T), want a *FetchError of class %s", err, err, class)
+	}
+	if fe.Class != class {
+		t.Fatalf("class = %q, want %q; error: %v", fe.Class, class, err)
+	}
+	if fe.TenantID != "acme" || fe.ProviderID != "auth0" {
+		t.Errorf("error names %s/%s, want acme/auth0", fe.TenantID, fe.ProviderID)
+	}
+	return fe
+}
+
+// wantIs checks errors.Is(err, target) for each target against want.
+func wantIs(t *testing.T, err error, want bool, targets ...error) {
+	t.Helper()
+	for _, target := range targets {
+		if got := errors.Is(err, target); got != want {
+			t.Errorf("errors.Is(err, %v) = %v, want %v; error: %v", target, got, want, err)
+		}
+	}
+}
+
+func mustFetchKeys(t *testing.T, f *fetcher, reg *Registration, rawURL string, val validators) *keysResult {
+	t.Helper()
+	res, err := f.fetchKeys(t.Context(), reg, rawURL, val)
+	if err != nil {
+		t.Fatalf("fetchKeys(%s): %v", rawURL, err)
+	}
+	return res
+}
+
+func wantKeys(t *testing.T, res *keysResult, n int) {
+	t.Helper()
+	if res.NotModified {
+		t.Fatalf("NotModified, want a new document")
+	}
+	if res.Keys == nil || len(res.Keys.keys) != n {
+		t.Fatalf("keys = %v, want %d usable keys", res.Keys, n)
+	}
+}
+
+func TestFetchHTTPSSucceeds(t *testing.T) {
+	idp, srv := tlsIdP(t)
+	f := newTestFetcher(t, tlsOptions(idp))
+	reg := testReg(t, f, nil)
+	u := srv.URL + jwksPath
+	res := mustFetchKeys(t, f, reg, u, validators{})
+	wantKeys(t, res, 3)
+	if res.URL != u || res.Attempts != 1 {
+		t.Errorf("URL, Attempts = %q, %d; want %q, 1", res.URL, res.Attempts, u)
+	}
+	if res.Hash != sha256.Sum256(res.Body) || len(res.Body) == 0 {
+		t.Errorf("Hash does not match Body")
+	}
+	if res.Validators.ETag == "" || res.Validators.ETag != idp.ETag(jwksPath) {
+		t.Errorf("ETag = %q, want %q", res.Validators.ETag, idp.ETag(jwksPath))
+	}
+	if res.Fresh.TTL != 300*time.Second || res.Fresh.Source != "max-age" {
+		t.Errorf("freshness = %+v, want 300s from max-age", res.Fresh)
+	}
+	if time.Since(res.FetchedAt) > time.Minute {
+		t.Errorf("FetchedAt = %v", res.FetchedAt)
+	}
+	if n := idp.Requests(jwksPath); n != 1 {
+		t.Errorf("IdP saw %d requests, want 1", n)
+	}
+}
+
+// TestFetchHTTPRefusedUnlessBothAllow: http needs AllowHTTP on both the
+// Options and the Registration; https needs neither.
+func TestFetchHTTPRefusedUnlessBothAllow(t *testing.T) {
+	idp, tlsSrv := tlsIdP(t)
+	plain := idp.Start(t)
+	for _, c := range []struct {
+		optHTTP, regHTTP bool
+	}{{false, false}, {true, false}, {false, true}, {true, true}} {
+		name := "options=" + strconv.FormatBool(c.optHTTP) + ",registration=" + strconv.FormatBool(c.regHTTP)
+		t.Run(name, func(t *testing.T) {
+			opts := tlsOptions(idp)
+			opts.AllowHTTP = c.optHTTP
+			f := newTestFetcher(t, opts)
+			reg := testReg(t, f, func(r *Registration) { r.AllowHTTP = c.regHTTP })
+
+			// https always works.
+			wantKeys(t, mustFetchKeys(t, f, reg, tlsSrv.URL+jwksPath, validators{}), 3)
+
+			before := idp.Requests(jwksPath)
+			res, err := f.fetchKeys(t.Context(), reg, plain.URL+jwksPath, validators{})
+			if c.optHTTP && c.regHTTP {
+				if err != nil {
+					t.Fatalf("plain http with AllowHTTP on both sides: %v", err)
+				}
+				wantKeys(t, res, 3)
+				return
+			}
+			wantFetchError(t, err, ClassRedirect)
+			wantIs(t, err, true, ErrSecurityPolicy)
+			wantIs(t, err, false, ErrUpstream)
+			if !strings.Contains(err.Error(), "http is refused") {
+				t.Errorf("error does not explain the refusal: %v", err)
+			}
+			if n := idp.Requests(jwksPath) - before; n != 0 {
+				t.Errorf("refused http URL reached the IdP %d times", n)
+			}
+		})
+	}
+}
+
+// TestFetchDomainAllowlist: a host outside Options.AllowedDomains or
+// Registration.AllowedDomains is refused before any connection.
+func TestFetchDomainAllowlist(t *testing.T) {
+	idp, srv := tlsIdP(t)
+	local := "https://localhost:" + portOf(t, srv) + jwksPath
+	for _, c := range []struct {
+		name       string
+		optDomains []string
+		regDomains []string
+		url        string
+		ok         bool
+	}{
+		{"options refuse IP host", []string{"idp.test"}, nil, srv.URL + jwksPath, false},
+		{"registration refuses IP host", nil, []string{"idp.test"}, srv.URL + jwksPath, false},
+		{"options refuse localhost", []string{"idp.test"}, []string{"idp.test", "localhost"}, local, false},
+		{"registration refuses localhost", []string{"idp.test", "localhost"}, []string{"idp.test"}, local, false},
+		{"both allow localhost", []string{"idp.test", "localhost"}, []string{"idp.test", "localhost"}, local, true},
+		{"options allow localhost", []string{"idp.test", "localhost"}, nil, local, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			opts := tlsOptions(idp)
+			opts.AllowedDomains = c.optDomains
+			f := newTestFetcher(t, opts)
+			reg := testReg(t, f, func(r *Registration) { r.AllowedDomains = c.regDomains })
+			before := idp.Requests(jwksPath)
+			res, err := f.fetchKeys(t.Context(), reg, c.url, validators{})
+			if c.ok {
+				if err != nil {
+					t.Fatal(err)
+				}
+				wantKeys(t, res, 3)
+				return
+			}
+			fe := wantFetchError(t, err, ClassRedirect)
+			wantIs(t, err, true, ErrSecurityPolicy)
+			wantIs(t, err, false, ErrUpstream)
+			if fe.URL != c.url || !strings.Contains(err.Error(), "outside the allowed domains") {
+				t.Errorf("error = %v (URL %q)", err, fe.URL)
+			}
+			if n := idp.Requests(jwksPath) - before; n != 0 {
+				t.Errorf("refused host reached the IdP %d times", n)
+			}
+		})
+	}
+}
+
+func TestFetchRedirects(t *testing.T) {
+	idp, srv := tlsIdP(t)
+	plain := idp.Start(t)
+	// /r0 -> /r1 -> /r2 -> /r3 -> /jwks.json
+	idp.SetRedirect("/r3", jwksPath)
+	idp.SetRedirect("/r2", "/r3")
+	idp.SetRedirect("/r1", "/r2")
+	idp.SetRedirect("/r0", "/r1")
+	final := srv.URL + jwksPath
+
+	t.Run("within limit followed", func(t *testing.T) {
+		f := newTestFetcher(t, tlsOptions(idp))
+		res := mustFetchKeys(t, f, testReg(t, f, nil), srv.URL+"/r1", validators{}) // 3 hops, default limit 3
+		wantKeys(t, res, 3)
+		if res.URL != final {
+			t.Errorf("result URL = %q, want the final URL %q", res.URL, final)
+		}
+		reg1 := testReg(t, f, func(r *Registration) { r.MaxRedirects = 1 })
+		if res := mustFetchKeys(t, f, reg1, srv.URL+"/r3", validators{}); res.URL != final {
+			t.Errorf("result URL = %q, want %q", res.URL, final)
+		}
+	})
+
+	t.Run("beyond limit refused", func(t *testing.T) {
+		f := newTestFetcher(t, tlsOptions(idp))
+		before := idp.Requests(jwksPath)
+		_, err := f.fetchKeys(t.Context(), testReg(t, f, nil), srv.URL+"/r0", validators{}) // 4 hops
+		fe := wantFetchError(t, err, ClassRedirect)
+		wantIs(t, err, true, ErrUpstream, errTooManyRedirects)
+		wantIs(t, err, false, ErrSecurityPolicy)
+		if fe.URL != final {
+			t.Errorf("URL = %q, want the refused hop %q", fe.URL, final)
+		}
+		if n := idp.Requests(jwksPath) - before; n != 0 {
+			t.Errorf("the hop beyond the limit was requested %d times", n)
+		}
+		// Too many redirects is not retried.
+		if n := idp.Requests("/r0"); n != 1 {
+			t.Errorf("/r0 requested %d times, want 1", n)
+		}
+	})
+
+	t.Run("MaxRedirects -1 follows none", func(t *testing.T) {
+		f := newTestFetcher(t, tlsOptions(idp))
+		reg := testReg(t, f, func(r *Registration) { r.MaxRedirects = -1 })
+		before := idp.Requests(jwksPath)
+		_, err := f.fetchKeys(t.Context(), reg, srv.URL+"/r3", validators{})
+		wantFetchError(t, err, ClassRedirect)
+		wantIs(t, err, true, ErrUpstream)
+		if n := idp.Requests(jwksPath) - before; n != 0 {
+			t.Errorf("redirect followed %d times with MaxRedirects -1", n)
+		}
+	})
+
+	t.Run("to http refused", func(t *testing.T) {
+		idp.SetRedirect("/to-http", plain.URL+jwksPath)
+		f := newTestFetcher(t, tlsOptions(idp))
+		before := idp.Requests(jwksPath)
+		_, err := f.fetchKeys(t.Context(), testReg(t, f, nil), srv.URL+"/to-http", validators{})
+		fe := wantFetchError(t, err, ClassRedirect)
+		wantIs(t, err, true, ErrSecurityPolicy)
+		wantIs(t, err, false, ErrUpstream)
+		if fe.URL != plain.URL+jwksPath {
+			t.Errorf("URL = %q, want the refused hop", fe.URL)
+		}
+		if n := idp.Requests(jwksPath) - before; n != 0 {
+			t.Errorf("http hop requested %d times", n)
+		}
+	})
+
+	t.Run("to host outside allowlist refused", func(t *testing.T) {
+		idp.SetRedirect("/to-other", "https://other.example:"+portOf(t, srv)+jwksPath)
+		start := "https://localhost:" + portOf(t, srv) + "/to-other"
+		for _, c := range []struct {
+			name     string
+			opt, reg []string
+		}{
+			{"options", []string{"idp.test", "localhost"}, nil},
+			{"registration", nil, []string{"idp.test", "localhost"}},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				opts := tlsOptions(idp)
+				opts.AllowedDomains = c.opt
+				f := newTestFetcher(t, opts)
+				reg := testReg(t, f, func(r *Registration) { r.AllowedDomains = c.reg })
+				before := idp.Requests("/to-other")
+				_, err := f.fetchKeys(t.Context(), reg, start, validators{})
+				fe := wantFetchError(t, err, ClassRedirect)
+				wantIs(t, err, true, ErrSecurityPolicy)
+				wantIs(t, err, false, ErrUpstream)
+				if !strings.Contains(fe.URL, "other.example") {
+					t.Errorf("URL = %q, want the refused hop", fe.URL)
+				}
+				if n := idp.Requests("/to-other") - before; n != 1 {
+					t.Errorf("start URL requested %d times, want 1", n)
+				}
+			})
+		}
+	})
+
+	t.Run("to IP literal outside AllowedAddresses refused", func(t *testing.T) {
+		// An IP-literal hop is refused by the URL policy before any dial.
+		idp.SetRedirect("/to-v6", "https://[::1]:"+portOf(t, srv)+jwksPath)
+		opts := tlsOptions(idp)
+		opts.AllowedAddresses = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+		f := newTestFetcher(t, opts)
+		before := idp.Requests(jwksPath)
+		_, err := f.fetchKeys(t.Context(), testReg(t, f, nil), srv.URL+"/to-v6", validators{})
+		wantFetchError(t, err, ClassRedirect)
+		wantIs(t, err, true, ErrSecurityPolicy)
+		if n := idp.Requests(jwksPath) - before; n != 0 {
+			t.Errorf("refused hop requested %d times", n)
+		}
+	})
+}
+
+// selfSignedCert returns a self-signed server certificate for ip that can
+// serve as its own trust root.
+func selfSignedCert(t *testing.T, ip net.IP) (tls.Certificate, *x509.Certificate) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "front"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		IPAddresses:           []net.IP{ip},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}, cert
+}
+
+// TestFetchRedirectToBlockedAddress: a redirect hop whose host name passes
+// the URL policy but resolves to a refused address is stopped by the dial
+// guard. The first hop is an https server on 127.0.0.2 (the only allowed
+// address); it redirects to https://localhost:PORT, which resolves to
+// 127.0.0.1 (and maybe ::1), both refused.
+func TestFetchRedirectToBlockedAddress(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Skipf("cannot listen on 127.0.0.2 (not Linux?): %v", err)
+	}
+	idp, srv := tlsIdP(t)
+	target := "https://localhost:" + portOf(t, srv) + jwksPath
+
+	cert, root := selfSignedCert(t, net.IPv4(127, 0, 0, 2))
+	var frontHits sync.Map
+	front := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		frontHits.Store(r.URL.Path, true)
+		http.Redirect(w, r, target, http.StatusFound)
+	}))
+	front.Listener.Close()
+	front.Listener = ln
+	front.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	front.StartTLS()
+	t.Cleanup(front.Close)
+
+	pool := idp.CertPool()
+	pool.AddCert(root)
+	f := newTestFetcher(t, Options{
+		RootCAs:          pool,
+		AllowedAddresses: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")},
+	})
+	_, err = f.fetchKeys(t.Context(), testReg(t, f, nil), front.URL+"/start", validators{})
+	fe := wantFetchError(t, err, ClassBlockedAddress)
+	wantIs(t, err, true, ErrSecurityPolicy)
+	wantIs(t, err, false, ErrUpstream)
+	if fe.URL != target {
+		t.Errorf("URL = %q, want the blocked hop %q", fe.URL, target)
+	}
+	if _, ok := frontHits.Load("/start"); !ok {
+		t.Errorf("the allowed first hop was not requested")
+	}
+	if n := idp.TotalRequests(); n != 0 {
+		t.Errorf("blocked hop reached the IdP %d times", n)
+	}
+}
+
+// TestFetchDialGuardLocalhost: "localhost" passes the URL policy (it is a
+// name, not an IP literal) but resolves to loopback, which the dial guard
+// refuses unless AllowedAddresses covers it.
+func TestFetchDialGuardLocalhost(t *testing.T) {
+	idp, srv := tlsIdP(t)
+	u := "https://localhost:" + portOf(t, srv) + jwksPath
+
+	f := newTestFetcher(t, Options{RootCAs: idp.CertPool()})
+	reg := testReg(t, f, nil)
+	_, err := f.fetchKeys(t.Context(), reg, u, validators{})
+	fe := wantFetchError(t, err, ClassBlockedAddress)
+	wantIs(t, err, true, ErrSecurityPolicy)
+	wantIs(t, err, false, ErrUpstream)
+	if fe.URL != u || !strings.Contains(err.Error(), "loopback") {
+		t.Errorf("error = %v", err)
+	}
+	if n := idp.TotalRequests(); n != 0 {
+		t.Errorf("blocked address reached the IdP %d times", n)
+	}
+
+	f = newTestFetcher(t, tlsOptions(idp))
+	res := mustFetchKeys(t, f, testReg(t, f, nil), u, validators{})
+	wantKeys(t, res, 3)
+	if res.URL != u {
+		t.Errorf("URL = %q, want %q", res.URL, u)
+	}
+}
+
+func TestCheckAddr(t *testing.T) {
+	refused := []string{
+		"127.0.0.1", "127.255.255.254", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1",
+		"169.254.169.254", "100.64.0.1", "::1", "fc00::1", "fd12:3456::1", "fe80::1", "fe80::1%eth0",
+		"::ffff:127.0.0.1", "::ffff:8.8.8.8", "224.0.0.1", "ff02::1", "0.0.0.0", "::",
+		"255.255.255.255", "240.0.0.1", "198.18.0.1", "192.0.0.170", "64:ff9b::808:808",
+	}
+	allowed := []string{"8.8.8.8", "1.1.1.1", "2606:4700::1111", "172.32.0.1", "100.128.0.1", "11.0.0.1", "2001:4860:4860::8888"}
+	for _, s := range refused {
+		err := checkAddr(netip.MustParseAddr(s), nil)
+		var be *blockedAddressError
+		if !errors.As(err, &be) {
+			t.Errorf("checkAddr(%s) = %v, want a blockedAddressError", s, err)
+			continue
+		}
+		if !errors.Is(err, ErrSecurityPolicy) || be.reason == "" || !strings.Contains(err.Error(), s) {
+			t.Errorf("checkAddr(%s) error %q: want ErrSecurityPolicy, a reason and the address", s, err)
+		}
+	}
+	for _, s := range allowed {
+		if err := checkAddr(netip.MustParseAddr(s), nil); err != nil {
+			t.Errorf("checkAddr(%s) = %v, want nil", s, err)
+		}
+	}
+	// Allowlisted prefixes let exactly their addresses through.
+	allow := []netip.Prefix{
+		netip.MustParsePrefix("127.0.0.0/8"),
+		netip.MustParsePrefix("10.1.0.0/16"),
+		netip.MustParsePrefix("::1/128"),
+		netip.MustParsePrefix("fe80::/10"),
+	}
+	for s, want := range map[string]bool{
+		"127.0.0.1": true, "127.9.9.9": true, "10.1.2.3": true, "::1": true, "fe80::1": true,
+		"10.2.0.1": false, "192.168.1.1": false, "169.254.169.254": false, "fc00::1": false,
+		"fe80::1%eth0": false, // a zoned address never matches a prefix
+		"8.8.8.8":      true,
+	} {
+		if got := checkAddr(netip.MustParseAddr(s), allow) == nil; got != want {
+			t.Errorf("checkAddr(%s, allowlist) allowed = %v, want %v", s, got, want)
+		}
+	}
+}
+
+func TestDialGuardAddr(t *testing.T) {
+	f := newFetcher(Options{})
+	for addr, ok := range map[string]bool{
+		"127.0.0.1:443": false, "[::1]:443": false, "169.254.169.254:80": false,
+		"8.8.8.8:443": true, "[2606:4700::1111]:443": true,
+		"not-an-address": false,
+	} {
+		err := f.guardDial("tcp", addr, nil)
+		if (err == nil) != ok {
+			t.Errorf("guardDial(%s) = %v, want allowed %v", addr, err, ok)
+		}
+		if err != nil && classify(err) != ClassBlockedAddress {
+			t.Errorf("guardDial(%s) error classified %s", addr, classify(err))
+		}
+	}
+	f = newFetcher(Options{AllowedAddresses: loopbackPrefixes})
+	if err := f.guardDial("tcp", "127.0.0.1:443", nil); err != nil {
+		t.Errorf("allowlisted loopback refused: %v", err)
+	}
+	if err := f.guardDial("tcp", "10.0.0.1:443", nil); err == nil {
+		t.Errorf("private address allowed by a loopback allowlist")
+	}
+}
+
+// pinForms returns pin in standard and URL-safe base64, padded and not.
+func pinForms(pin string) map[string]string {
+	raw := strings.TrimRight(pin, "=")
+	urlSafe := strings.NewReplacer("+", "-", "/", "_")
+	return map[string]string{
+		"std padded":      pin,
+		"std unpadded":    raw,
+		"url-safe padded": urlSafe.Replace(pin),
+		"url-safe raw":    urlSafe.Replace(raw),
+	}
+}
+
+var wrongPin = func() string {
+	sum := sha256.Sum256([]byte("not the key"))
+	return base64.StdEncoding.EncodeToString(sum[:])
+}()
+
+func TestFetchPins(t *testing.T) {
+	idp, srv := tlsIdP(t)
+	u := srv.URL + jwksPath
+	leafPin, caPin := testidp.SPKIPin(idp.Leaf()), testidp.SPKIPin(idp.CA())
+
+	t.Run("wrong pin refused", func(t *testing.T) {
+		f := newTestFetcher(t, tlsOptions(idp))
+		reg := testReg(t, f, func(r *Registration) { r.PinnedSPKI = []string{wrongPin} })
+		before := idp.TotalRequests()
+		_, err := f.fetchKeys(t.Context(), reg, u, validators{})
+		wantFetchError(t, err, ClassPin)
+		wantIs(t, err, true, ErrSecurityPolicy)
+		wantIs(t, err, false, ErrUpstream)
+		if n := idp.TotalRequests() - before; n != 0 {
+			t.Errorf("%d requests reached the handler through a refused pin", n)
+		}
+	})
+
+	accepted := map[string][]string{
+		"leaf":              {leafPin},
+		"CA":                {caPin},
+		"one of several":    {wrongPin, caPin},
+		"url-safe leaf raw": {pinForms(leafPin)["url-safe raw"]},
+	}
+	for form, p := range pinForms(caPin) {
+		accepted["CA "+form] = []string{p}
+	}
+	for name, pins := range accepted {
+		t.Run(name, func(t *testing.T) {
+			f := newTestFetcher(t, tlsOptions(idp))
+			reg := testReg(t, f, func(r *Registration) { r.PinnedSPKI = pins })
+			wantKeys(t, mustFetchKeys(t, f, reg, u, validators{}), 3)
+		})
+	}
+
+	t.Run("connections are not shared across pin sets", func(t *testing.T) {
+		f := newTestFetcher(t, tlsOptions(idp))
+		good := testReg(t, f, func(r *Registration) { r.PinnedSPKI = []string{leafPin} })
+		bad := testReg(t, f, func(r *Registration) { r.PinnedSPKI = []string{wrongPin} })
+		none := testReg(t, f, nil)
+		wantKeys(t, mustFetchKeys(t, f, good, u, validators{}), 3) // leaves an idle verified connection
+		_, err := f.fetchKeys(t.Context(), bad, u, validators{})
+		wantFetchError(t, err, ClassPin)
+		wantKeys(t, mustFetchKeys(t, f, none, u, validators{}), 3)
+		wantKeys(t, mustFetchKeys(t, f, good, u, validators{}), 3)
+	})
+}
+
+// TestFetchPinsCustomTransport: with Options.HTTPClient the caller's
+// transport does TLS, so pins are checked on resp.TLS after the response
+// arrives (the request does reach the server).
+func TestFetchPinsCustomTransport(t *testing.T) {
+	idp, srv := tlsIdP(t)
+	u := srv.URL + jwksPath
+	leafPin, caPin := testidp.SPKIPin(idp.Leaf()), testidp.SPKIPin(idp.CA())
+
+	verifying := srv.Client().Transport.(*http.Transport).Clone()
+	verifying.TLSClientConfig.RootCAs = idp.CertPool()
+	t.Cleanup(verifying.CloseIdleConnections)
+	// Without verification the transport reports no verified chains: then
+	// only the leaf, whose key the handshake proved, may match a pin.
+	unverified := srv.Client().Transport.(*http.Transport).Clone()
+	unverified.TLSClientConfig.RootCAs = nil
+	unverified.TLSClientConfig.InsecureSkipVerify = true
+	t.Cleanup(unverified.CloseIdleConnections)
+
+	for _, c := range []struct {
+		name string
+		tr   http.RoundTripper
+		pins []string
+		ok   bool
+	}{
+		{"verified wrong pin", verifying, []string{wrongPin}, false},
+		{"verified leaf pin", verifying, []string{leafPin}, true},
+		{"verified CA pin", verifying, []string{caPin}, true},
+		{"verified url-safe raw CA pin", verifying, []string{pinForms(caPin)["url-safe raw"]}, true},
+		{"unverified leaf pin", unverified, []string{leafPin}, true},
+		{"unverified CA pin", unverified, []string{caPin}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newTestFetcher(t, Options{HTTPClient: &http.Client{Transport: c.tr}, AllowedAddresses: loopbackPrefixes})
+			reg := testReg(t, f, func(r *Registration) { r.PinnedSPKI = c.pins })
+			res, err := f.fetchKeys(t.Context(), reg, u, validators{})
+			if c.ok {
+				if err != nil {
+					t.Fatal(err)
+				}
+				wantKeys(t, res, 3)
+				return
+			}
+			wantFetchError(t, err, ClassPin)
+			wantIs(t, err, true, ErrSecurityPolicy)
+			wantIs(t, err, false, ErrUpstream)
+		})
+	}
+
+	t.Run("pins over plain http", func(t *testing.T) {
+		plain := idp.Start(t)
+		f := newTestFetcher(t, Options{HTTPClient: &http.Client{}, AllowHTTP: true, AllowedAddresses: loopbackPrefixes})
+		reg := testReg(t, f, func(r *Registration) { r.AllowHTTP, r.PinnedSPKI = true, []string{leafPin} })
+		_, err := f.fetchKeys(t.Context(), reg, plain.URL+jwksPath, validators{})
+		wantFetchError(t, err, ClassPin)
+		if !strings.Contains(err.Error(), "TLS") {
+			t.Errorf("error = %v", err)
+		}
+	})
+}
+
+func TestFetchTLSUntrustedCertificate(t *testing.T) {
+	idp, srv := tlsIdP(t)
+	f := newTestFetcher(t, Options{AllowedAddresses: loopbackPrefixes}) // system roots
+	_, err := f.fetchKeys(t.Context(), testReg(t, f, nil), srv.URL+jwksPath, validators{})
+	wantFetchError(t, err, ClassTLS)
+	wantIs(t, err, true, ErrUpstream)
+	wantIs(t, err, false, ErrSecurityPolicy)
+	if n := idp.TotalRequests(); n != 0 {
+		t.Errorf("%d requests over an untrusted connection", n)
+	}
+}
+
+func TestFetchOversize(t *testing.T) {
+	t.Run("Content-Length over limit refused without reading", func(t *testing.T) {
+		// The server announces 10 MiB and then sends nothing: a client that
+		// tried to read would hang until its attempt timeout.
+		idp := testidp.New()
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", strconv.Itoa(10<<20))
+			w.WriteHeader(http.StatusOK)
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+		}))
+		srv.TLS = &tls.Config{Certificates: []tls.Certificate{idp.Certificate()}}
+		srv.StartTLS()
+		t.Cleanup(srv.Close)
+		f := newTestFetcher(t, tlsOptions(idp))
+		reg := testReg(t, f, func(r *Registration) { r.Retry.AttemptTimeout, r.Retry.MaxRetries = 5*time.Second, -1 })
+		start := time.Now()
+		_, err := f.fetchKeys(t.Context(), reg, srv.URL+jwksPath, validators{})
+		wantFetchError(t, err, ClassTooLarge)
+		wantIs(t, err, true, ErrTooLarge)
+		wantIs(t, err, false, ErrUpstream, ErrSecurityPolicy)
+		if !strings.Contains(err.Error(), "Content-Length") {
+			t.Errorf("error = %v", err)
+		}
+		if d := time.Since(start); d > 4*time.Second {
+			t.Errorf("took %v: the body was read", d)
+		}
+	})
+
+	t.Run("Content-Length fault", func(t *testing.T) {
+		idp, srv := tlsIdP(t)
+		idp.SetFault(jwksPath, testidp.Fault{Oversize: 2 << 20})
+		f := newTestFetcher(t, tlsOptions(idp))
+		_, err := f.fetchKeys(t.Context(), testReg(t, f, nil), srv.URL+jwksPath, validators{})
+		wantFetchError(t, err, ClassTooLarge)
+		wantIs(t, err, true, ErrTooLarge)
+		if n := idp.Requests(jwksPath); n != 1 {
+			t.Errorf("too large retried: %d requests", n)
+		}
+	})
+
+	t.Run("streamed body cut off", func(t *testing.T) {
+		idp, srv := tlsIdP(t)
+		// 1 GiB, chunked: reading it all would take far longer than the test.
+		idp.SetFault(jwksPath, testidp.Fault{Oversize: 1 << 30, HideLength: true})
+		f := newTestFetcher(t, tlsOptions(idp))
+		_, err := f.fetchKeys(t.Context(), testReg(t, f, nil), srv.URL+jwksPath, validators{})
+		wantFetchError(t, err, ClassTooLarge)
+		wantIs(t, err, true, ErrTooLarge)
+		if !strings.Contains(err.Error(), "bytes received") {
+			t.Errorf("error = %v", err)
+		}
+	})
+
+	t.Run("limit is inclusive", func(t *testing.T) {
+		idp, srv := tlsIdP(t)
+		f := newTestFetcher(t, tlsOptions(idp))
+		body := mustFetchKeys(t, f, testReg(t, f, nil), srv.URL+jwksPath, validators{}).Body
+		for _, chunked := range []bool{false, true} {
+			if chunked {
+				// Truncated with a full-length body is impossible, so serve the
+				// body through a chunked handler instead.
+				srv2 := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					w.Header().Set("Content-Type", testidp.ContentTypeJWKS)
+					w.WriteHeader(http.StatusOK)
+					w.(http.Flusher).Flush()
+					_, _ = w.Write(body)
+				}))
+				srv2.TLS = &tls.Config{Certificates: []tls.Certificate{idp.Certificate()}}
+				srv2.StartTLS()
+				t.Cleanup(srv2.Close)
+				srv = srv2
+			}
+			exact := testReg(t, f, func(r *Registration) { r.MaxResponseBytes = int64(len(body)) })
+			wantKeys(t, mustFetchKeys(t, f, exact, srv.URL+jwksPath, validators{}), 3)
+			under := testReg(t, f, func(r *Registration) { r.MaxResponseBytes = int64(len(body)) - 1 })
+			_, err := f.fetchKeys(t.Context(), under, srv.URL+jwksPath, validators{})
+			wantFetchError(t, err, ClassTooLarge)
+		}
+	})
+
+	t.Run("gzip bomb fault cut off after decompression", func(t *testing.T) {
+		// The fixture is compressed at BestCompression, which is slow under
+		// -race (about 0.1s per MiB), so this uses 8 MiB, built (and cached
+		// by testidp) before the fetch so that building it does not count
+		// against the attempt timeout. The 1 GiB case below builds its bomb
+		// differently.
+		const bomb = 8 << 20
+		testidp.GzipBomb(bomb)
+		idp, srv := tlsIdP(t)
+		idp.SetFault(jwksPath, testidp.Fault{GzipBomb: bomb})
+		f := newTestFetcher(t, tlsOptions(idp))
+		reg := testReg(t, f, func(r *Registration) { r.MaxResponseBytes = 1 << 20 })
+		_, err := f.fetchKeys(t.Context(), reg, srv.URL+jwksPath, validators{})
+		wantFetchError(t, err, ClassTooLarge)
+		wantIs(t, err, true, ErrTooLarge)
+		wantIs(t, err, false, ErrUpstream)
+		if !strings.Contains(err.Error(), "after decompression") {
+			t.Errorf("error = %v", err)
+		}
+	})
+
+	t.Run("1 GiB gzip bomb cut off quickly", func(t *testing.T) {
+		// 1024 gzip members of 1 MiB of spaces each (gzip readers read
+		// concatenated members as one stream): about 1 MiB on the wire,
+		// 1 GiB decompressed, built in milliseconds. It is streamed chunked
+		// so the Content-Length check cannot stop it first.
+		var member bytes.Buffer
+		zw, _ := gzip.NewWriterLevel(&member, gzip.BestCompression)
+		_, _ = zw.Write(bytes.Repeat([]byte(" "), 1<<20))
+		_ = zw.Close()
+		idp := testidp.New()
+		var sent sync.WaitGroup
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			sent.Add(1)
+			defer sent.Done()
+			w.Header().Set("Content-Type", testidp.ContentTypeJWKS)
+			w.Header().Set("Content-Encoding", "gzip")
+			w.WriteHeader(http.StatusOK)
+			w.(http.Flusher).Flush()
+			for range 1024 {
+				if _, err := w.Write(member.Bytes()); err != nil {
+					return
+				}
+			}
+		}))
+		srv.TLS = &tls.Config{Certificates: []tls.Certificate{idp.Certificate()}}
+		srv.StartTLS()
+		t.Cleanup(srv.Close)
+		f := newTestFetcher(t, tlsOptions(idp))
+		reg := testReg(t, f, func(r *Registration) { r.MaxResponseBytes = 1 << 20 })
+
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		start := time.Now()
+		_, err := f.fetchKeys(t.Context(), reg, srv.URL+jwksPath, validators{})
+		elapsed := time.Since(start)
+		sent.Wait()
+		runtime.ReadMemStats(&after)
+
+		wantFetchError(t, err, ClassTooLarge)
+		wantIs(t, err, true, ErrTooLarge)
+		if !strings.Contains(err.Error(), "after decompression") {
+			t.Errorf("error = %v", err)
+		}
+		// The whole process, server included, allocated a small fraction of
+		// the decompressed size: the reader stopped at the limit.
+		if d := after.TotalAlloc - before.TotalAlloc; d > 16<<20 {
+			t.Errorf("allocated %d MiB while refusing a 1 GiB gzip bomb", d>>20)
+		}
+		if elapsed > 5*time.Second {
+			t.Errorf("refusing the bomb took %v", elapsed)
+		}
+		t.Logf("1 GiB gzip bomb refused in %v, %d KiB allocated", elapsed, (after.TotalAlloc-before.TotalAlloc)>>10)
+	})
+
+	t.Run("gzip body accepted", func(t *testing.T) {
+		idp, srv := tlsIdP(t)
+		f := newTestFetcher(t, tlsOptions(idp))
+		plain := mustFetchKeys(t, f, testReg(t, f, nil), srv.URL+jwksPath, validators{}).Body
+		var zb bytes.Buffer
+		zw := gzip.NewWriter(&zb)
+		_, _ = zw.Write(plain)
+		_ = zw.Close()
+		idp.SetBody("/gz", zb.Bytes(), testidp.ContentTypeJWKS)
+		idp.SetHeader("/gz", "Content-Encoding", "gzip")
+		res := mustFetchKeys(t, f, testReg(t, f, nil), srv.URL+"/gz", validators{})
+		wantKeys(t, res, 3)
+		if !bytes.Equal(res.Body, plain) {
+			t.Errorf("Body is not the decompressed document")
+		}
+		if h := idp.LastRequest("/gz").Get("Accept-Encoding"); h != "gzip" {
+			t.Errorf("Accept-Encoding = %q, want gzip", h)
+		}
+	})
+}
+
+func TestFetchRequestHeadersAndRevalidation(t *testing.T) {
+	idp, srv := tlsIdP(t)
+	u := srv.URL + jwksPath
+	f := newTestFetcher(t, tlsOptions(idp))
+	reg := testReg(t, f, nil)
+
+	res := mustFetchKeys(t, f, reg, u, validators{})
+	h := idp.LastRequest(jwksPath)
+	if got := h.Get("Accept"); got != "application/jwk-set+json, application/json" {
+		t.Errorf("Accept = %q", got)
+	}
+	if got := h.Get("User-Agent"); got != "jwkscache/"+Version {
+		t.Errorf("User-Agent = %q, want jwkscache/%s", got, Version)
+	}
+	if h.Get("If-None-Match") != "" || h.Get("If-Modified-Since") != "" {
+		t.Errorf("conditional headers without validators: %v", h)
+	}
+
+	t.Run("If-None-Match", func(t *testing.T) {
+		etag := res.Validators.ETag
+		idp.SetHeader(jwksPath, "Cache-Control", "max-age=600")
+		t.Cleanup(func() { idp.SetHeader(jwksPath, "Cache-Control", "max-age=300") })
+		before := time.Now()
+		nm := mustFetchKeys(t, f, reg, u, validators{ETag: etag})
+		if got := idp.LastRequest(jwksPath).Get("If-None-Match"); got != etag {
+			t.Errorf("If-None-Match = %q, want %q", got, etag)
+		}
+		if !nm.NotModified || nm.Keys != nil || nm.Body != nil {
+			t.Fatalf("result = %+v, want NotModified without body", nm)
+		}
+		if nm.Fresh.TTL != 600*time.Second || nm.FetchedAt.Before(before) {
+			t.Errorf("304 freshness = %+v at %v, want renewed 600s from the 304's headers", nm.Fresh, nm.FetchedAt)
+		}
+		if nm.Validators.ETag != etag || nm.URL != u || nm.Attempts != 1 {
+			t.Errorf("304 result = %+v", nm.fetchResult)
+		}
+	})
+
+	t.Run("If-Modified-Since", func(t *testing.T) {
+		idp.SetETag(jwksPath, false)
+		t.Cleanup(func() { idp.SetETag(jwksPath, true) })
+		lm := time.Now().Add(-time.Hour).UTC().Truncate(time.Second)
+		idp.SetLastModified(jwksPath, lm)
+		full := mustFetchKeys(t, f, reg, u, validators{})
+		if full.Validators.LastModified != lm.Format(http.TimeFormat) || full.Validators.ETag != "" {
+			t.Fatalf("validators = %+v", full.Validators)
+		}
+		nm := mustFetchKeys(t, f, reg, u, full.Validators)
+		if got := idp.LastRequest(jwksPath).Get("If-Modified-Since"); got != full.Validators.LastModified {
+			t.Errorf("If-Modified-Since = %q", got)
+		}
+		if !nm.NotModified || nm.Validators != full.Validators || nm.Fresh.TTL != 300*time.Second {
+			t.Errorf("result = %+v", nm.fetchResult)
+		}
+	})
+
+	t.Run("304 without validators is an error", func(t *testing.T) {
+		idp.SetFault(jwksPath, testidp.Fault{Status: http.StatusNotModified})
+		t.Cleanup(func() { idp.ClearFault(jwksPath) })
+		before := idp.Requests(jwksPath)
+		_, err := f.fetchKeys(t.Context(), reg, u, validators{})
+		fe := wantFetchError(t, err, ClassStatus)
+		if fe.StatusCode != http.StatusNotModified {
+			t.Errorf("StatusCode = %d", fe.StatusCode)
+		}
+		wantIs(t, err, true, ErrUpstream)
+		if n := idp.Requests(jwksPath) - before; n != 1 {
+			t.Errorf("%d requests, want 1 (not retried)", n)
+		}
+	})
+}
+
+// TestFetchFaultsClassified runs every testidp fault over real TLS and
+// checks its class, status code and how many attempts reached the IdP.
+func TestFetchFaultsClassified(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		fault    testidp.Fault
+		retry    RetryPolicy
+		class    ErrorClass
+		status   int
+		requests int
+	}{
+		{"500", testidp.Fault{Status: 500}, fastRetry, ClassStatus, 500, 3},
+		{"503", testidp.Fault{Status: 503}, fastRetry, ClassStatus, 503, 3},
+		{"502", testidp.Fault{Status: 502}, fastRetry, ClassStatus, 502, 3},
+		{"429", testidp.Fault{Status: 429}, fastRetry, ClassStatus, 429, 3},
+		{"408", testidp.Fault{Status: 408}, fastRetry, ClassStatus, 408, 3},
+		{"404", testidp.Fault{Status: 404}, fastRetry, ClassStatus, 404, 1},
+		{"403", testidp.Fault{Status: 403}, fastRetry, ClassStatus, 403, 1},
+		{"400", testidp.Fault{Status: 400}, fastRetry, ClassStatus, 400, 1},
+		{"html", testidp.Fault{HTML: true}, fastRetry, ClassParse, 0, 1},
+		{"truncated", testidp.Fault{Truncated: true}, fastRetry, ClassParse, 0, 1},
+		{"reset", testidp.Fault{Reset: true}, fastRetry, ClassNetwork, 0, 3},
+		{"refuse", testidp.Fault{Refuse: true}, fastRetry, ClassNetwork, 0, 3},
+		{"delay beyond attempt timeout", testidp.Fault{Delay: time.Minute},
+			RetryPolicy{MaxRetries: -1, AttemptTimeout: 300 * time.Millisecond}, ClassTimeout, 0, 1},
+		{"redirect loop", testidp.Fault{RedirectTo: jwksPath}, fastRetry, ClassRedirect, 0, 4},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			idp, srv := tlsIdP(t)
+			idp.SetFault(jwksPath, c.fault)
+			f := newTestFetcher(t, tlsOptions(idp))
+			reg := testReg(t, f, func(r *Registration) { r.Retry = c.retry })
+			u := srv.URL + jwksPath
+			_, err := f.fetchKeys(t.Context(), reg, u, validators{})
+			fe := wantFetchError(t, err, c.class)
+			if fe.StatusCode != c.status {
+				t.Errorf("StatusCode = %d, want %d", fe.StatusCode, c.status)
+			}
+			if fe.URL != u {
+				t.Errorf("URL = %q, want %q", fe.URL, u)
+			}
+			wantIs(t, err, true, ErrUpstream)
+			wantIs(t, err, false, ErrSecurityPolicy, ErrTooLarge, ErrNoKeys)
+			if n := idp.Requests(jwksPath); n != c.requests {
+				t.Errorf("IdP saw %d requests, want %d", n, c.requests)
+			}
+			// The error names tenant, provider and URL.
+			for _, s := range []string{"acme", "auth0", u, string(c.class)} {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not name %q", err, s)
+				}
+			}
+			if c.status != 0 && !strings.Contains(err.Error(), strconv.Itoa(c.status)) {
+				t.Errorf("error %q does not name the status", err)
+			}
+		})
+	}
+}
+
+func TestFetchRetryAfterBeyondDeadline(t *testing.T) {
+	idp, srv := tlsIdP(t)
+	idp.SetFault(jwksPath, testidp.Fault{Status: 429, RetryAfter: "120"})
+	f := newTestFetcher(t, tlsOptions(idp))
+	start := time.Now()
+	_, err := f.fetchKeys(t.Context(), testReg(t, f, nil), srv.URL+jwksPath, validators{})
+	fe := wantFetchError(t, err, ClassStatus)
+	if fe.RetryAfter != 120*time.Second {
+		t.Errorf("RetryAfter = %v, want 2m", fe.RetryAfter)
+	}
+	// The wait does not fit in the 8s deadline, so the fetch gives up at once.
+	if n := idp.Requests(jwksPath); n != 1 {
+		t.Errorf("%d requests, want 1", n)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("took %v", d)
+	}
+}
+
+func TestFetchNoKeysAndNotJSON(t *testing.T) {
+	idp, srv := tlsIdP(t)
+	f := newTestFetcher(t, tlsOptions(idp))
+	reg := testReg(t, f, func(r *Registration) { r.Retry = fastRetry })
+
+	idp.SetKeys("/empty")
+	_, err := f.fetchKeys(t.Context(), reg, srv.URL+"/empty", validators{})
+	wantFetchError(t, err, ClassNoKeys)
+	wantIs(t, err, true, ErrNoKeys)
+	wantIs(t, err, false, ErrUpstream, ErrSecurityPolicy)
+	if n := idp.Requests("/empty"); n != 1 {
+		t.Errorf("%d requests, want 1", n)
+	}
+
+	idp.SetBody("/garbage", []byte(`{"keys":`), "")
+	_, err = f.fetchKeys(t.Context(), reg, srv.URL+"/garbage", validators{})
+	wantFetchError(t, err, ClassParse)
+
+	idp.SetBody("/html-no-type", []byte("  <!doctype html><p>login"), "application/json")
+	_, err = f.fetchKeys(t.Context(), reg, srv.URL+"/html-no-type", validators{})
+	wantFetchError(t, err, ClassParse)
+	wantIs(t, err, true, errHTML)
+}
+
+func TestFetchCallerCancellationNotRetried(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		idp, _ := testidp.NewDefault()
+		idp.SetFault(jwksPath, testidp.Fault{Delay: time.Hour})
+		f := newTestFetcher(t, Options{HTTPClient: idp.Client()})
+		reg := testReg(t, f, nil)
+		ctx, cancel := context.WithCancel(t.Context())
+		time.AfterFunc(time.Second, cancel)
+		_, err := f.fetchKeys(ctx, reg, "https://idp.test/jwks.json", validators{})
+		wantFetchError(t, err, ClassNetwork)
+		wantIs(t, err, true, context.Canceled)
+		if n := idp.Requests(jwksPath); n != 1 {
+			t.Errorf("%d requests after cancellation, want 1", n)
+		}
+	})
+}
+
+func TestFetchCallerCancellationDuringBackoff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		idp, _ := testidp.NewDefault()
+		idp.SetFault(jwksPath, testidp.Fault{Status: 500})
+		f := newTestFetcher(t, Options{HTTPClient: idp.Client()})
+		reg := testReg(t, f, func(r *Registration) { r.Retry = RetryPolicy{Jitter: JitterNone} })
+		ctx, cancel := context.WithCancel(t.Context())
+		time.AfterFunc(100*time.Millisecond, cancel) // during the 250ms backoff
+		start := time.Now()
+		_, err := f.fetchKeys(ctx, reg, "https://idp.test/jwks.json", validators{})
+		fe := wantFetchError(t, err, ClassStatus) // the last attempt's error
+		if fe.StatusCode != 500 || time.Since(start) != 100*time.Millisecond || idp.Requests(jwksPath) != 1 {
+			t.Errorf("status %d after %v and %d requests; want 500 after 100ms and 1", fe.StatusCode, time.Since(start), idp.Requests(jwksPath))
+		}
+	})
+}
+
+func TestFetchMalformedURL(t *testing.T) {
+	f := newTestFetcher(t, Options{})
+	reg := testReg(t, f, nil)
+	for _, u := range []string{"https://idp.test/%zz", "ftp://idp.test/jwks.json", "/jwks.json"} {
+		_, err := f.fetchKeys(t.Context(), reg, u, validators{})
+		var fe *FetchError
+		if !errors.As(err, &fe) || fe.URL != u {
+			t.Errorf("fetchKeys(%q) = %v, want a *FetchError naming the URL", u, err)
+		}
+	}
+}
+
+func TestFetchBodyErrors(t *testing.T) {
+	idp, srv := tlsIdP(t)
+	f := newTestFetcher(t, tlsOptions(idp))
+	reg := testReg(t, f, func(r *Registration) { r.Retry = fastRetry })
+
+	t.Run("unsupported Content-Encoding", func(t *testing.T) {
+		idp.SetBody("/br", []byte(`{"keys":[]}`), testidp.ContentTypeJWKS)
+		idp.SetHeader("/br", "Content-Encoding", "br")
+		_, err := f.fetchKeys(t.Context(), reg, srv.URL+"/br", validators{})
+		wantFetchError(t, err, ClassParse)
+		wantIs(t, err, true, errBadEncoding, ErrUpstream)
+		if n := idp.Requests("/br"); n != 1 {
+			t.Errorf("%d requests, want 1", n)
+		}
+	})
+
+	t.Run("body shorter than Content-Length", func(t *testing.T) {
+		short := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", "1000")
+			w.WriteHeader(http.StatusOK)
+			_, _ = w.Write([]byte(`{"keys":[`)) // the server then closes the connection
+		}))
+		short.TLS = &tls.Config{Certificates: []tls.Certificate{idp.Certificate()}}
+		short.StartTLS()
+		t.Cleanup(short.Close)
+		_, err := f.fetchKeys(t.Context(), reg, short.URL+jwksPath, validators{})
+		fe := wantFetchError(t, err, ClassNetwork)
+		wantIs(t, err, true, ErrUpstream)
+		if fe.URL != short.URL+jwksPath {
+			t.Errorf("URL = %q", fe.URL)
+		}
+	})
+}
+
+func TestPinsOnResponseState(t *testing.T) {
+	idp := testidp.New()
+	pins, err := decodePins([]string{testidp.SPKIPin(idp.Leaf())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]struct {
+		cs *tls.ConnectionState
+		ok bool
+	}{
+		"no TLS":           {nil, false},
+		"no certificates":  {&tls.ConnectionState{}, false},
+		"leaf unverified":  {&tls.ConnectionState{PeerCertificates: []*x509.Certificate{idp.Leaf(), idp.CA()}}, true},
+		"leaf in chain":    {&tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{idp.Leaf(), idp.CA()}}}, true},
+		"only CA verified": {&tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{idp.CA()}}}, false},
+		// Unverified: a pinned key further up an unverified chain proves nothing.
+		"leaf second, unverified": {&tls.ConnectionState{PeerCertificates: []*x509.Certificate{idp.CA(), idp.Leaf()}}, false},
+	} {
+		err := checkPinsOnResponse(c.cs, pins)
+		if (err == nil) != c.ok {
+			t.Errorf("%s: checkPinsOnResponse = %v, want ok %v", name, err, c.ok)
+		}
+		if err != nil && classify(err) != ClassPin {
+			t.Errorf("%s: classified %s", name, classify(err))
+		}
+	}
+}
+
+// recordingTransport records the virtual time of each request.
+type recordingTransport struct {
+	rt    http.RoundTripper
+	start time.Time
+	mu    sync.Mutex
+	at    []time.Duration
+}
+
+func (r *recordingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	r.mu.Lock()
+	r.at = append(r.at, time.Since(r.start))
+	r.mu.Unlock()
+	return r.rt.RoundTrip(req)
+}
+
+// TestFetchRetryTimingVirtual checks deadlines, attempt timeouts,
+// Retry-After and backoff in the fake time of a synctest bubble, with the
+// IdP's in-memory RoundTripper.
+func TestFetchRetryTimingVirtual(t *testing.T) {
+	const u = "https://idp.test/jwks.json"
+
+	t.Run("Deadline bounds the fetch", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			idp, _ := testidp.NewDefault()
+			idp.SetFault(jwksPath, testidp.Fault{Delay: time.Hour})
+			f := newTestFetcher(t, Options{HTTPClient: idp.Client()})
+			reg := testReg(t, f, func(r *Registration) { r.Retry = RetryPolicy{MaxRetries: 10, Jitter: JitterNone} })
+			start := time.Now()
+			_, err := f.fetchKeys(t.Context(), reg, u, validators{})
+			elapsed := time.Since(start)
+			wantFetchError(t, err, ClassTimeout)
+			wantIs(t, err, true, ErrUpstream)
+			// 3s attempt, 250ms, 3s attempt, 500ms, then the third attempt is
+			// cut by the 8s deadline.
+			if elapsed != DefaultDeadline {
+				t.Errorf("elapsed %v, want exactly the %v deadline", elapsed, DefaultDeadline)
+			}
+			if n := idp.Requests(jwksPath); n != 3 {
+				t.Errorf("%d attempts, want 3", n)
+			}
+		})
+	})
+
+	t.Run("AttemptTimeout bounds each attempt", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			idp, _ := testidp.NewDefault()
+			idp.SetFault(jwksPath, testidp.Fault{Delay: time.Hour})
+			rec := &recordingTransport{rt: idp, start: time.Now()}
+			f := newTestFetcher(t, Options{HTTPClient: &http.Client{Transport: rec}})
+			reg := testReg(t, f, func(r *Registration) {
+				r.Retry = RetryPolicy{MaxRetries: 1, AttemptTimeout: time.Second, Jitter: JitterNone}
+			})
+			_, err := f.fetchKeys(t.Context(), reg, u, validators{})
+			wantFetchError(t, err, ClassTimeout)
+			wantIs(t, err, true, context.DeadlineExceeded)
+			if elapsed := time.Since(rec.start); elapsed != 2250*time.Millisecond {
+				t.Errorf("elapsed %v, want 1s + 250ms + 1s", elapsed)
+			}
+			if want := []time.Duration{0, 1250 * time.Millisecond}; !equalDurations(rec.at, want) {
+				t.Errorf("attempts at %v, want %v", rec.at, want)
+			}
+		})
+	})
+
+	t.Run("slow success within AttemptTimeout", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			idp, _ := testidp.NewDefault()
+			idp.SetFault(jwksPath, testidp.Fault{Delay: 2900 * time.Millisecond})
+			f := newTestFetcher(t, Options{HTTPClient: idp.Client()})
+			start := time.Now()
+			res := mustFetchKeys(t, f, testReg(t, f, nil), u, validators{})
+			wantKeys(t, res, 3)
+			if elapsed := time.Since(start); elapsed != 2900*time.Millisecond {
+				t.Errorf("elapsed %v", elapsed)
+			}
+		})
+	})
+
+	t.Run("Retry-After honoured", func(t *testing.T) {
+		for _, c := range []struct {
+			name, retryAfter string
+			status           int
+			want             time.Duration
+		}{
+			{"503 seconds", "2", 503, 2 * time.Second},
+			{"429 seconds", "2", 429, 2 * time.Second},
+			{"429 HTTP date", "", 429, 3 * time.Second},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				synctest.Test(t, func(t *testing.T) {
+					idp, _ := testidp.NewDefault()
+					ra := c.retryAfter
+					if ra == "" {
+						ra = time.Now().Add(3 * time.Second).UTC().Format(http.TimeFormat)
+					}
+					idp.SetFault(jwksPath, testidp.Fault{Status: c.status, RetryAfter: ra, Count: 1})
+					f := newTestFetcher(t, Options{HTTPClient: idp.Client()})
+					start := time.Now()
+					res := mustFetchKeys(t, f, testReg(t, f, nil), u, validators{})
+					elapsed := time.Since(start)
+					wantKeys(t, res, 3)
+					if res.Attempts != 2 {
+						t.Errorf("Attempts = %d, want 2", res.Attempts)
+					}
+					// Full jitter would wait at most 250ms; Retry-After wins.
+					if elapsed != c.want {
+						t.Errorf("elapsed %v, want %v", elapsed, c.want)
+					}
+				})
+			})
+		}
+	})
+
+	t.Run("Retry-After beyond Deadline gives up at once", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			idp, _ := testidp.NewDefault()
+			idp.SetFault(jwksPath, testidp.Fault{Status: 503, RetryAfter: "30"})
+			f := newTestFetcher(t, Options{HTTPClient: idp.Client()})
+			start := time.Now()
+			_, err := f.fetchKeys(t.Context(), testReg(t, f, nil), u, validators{})
+			fe := wantFetchError(t, err, ClassStatus)
+			if fe.RetryAfter != 30*time.Second || time.Since(start) != 0 || idp.Requests(jwksPath) != 1 {
+				t.Errorf("RetryAfter %v, elapsed %v, requests %d", fe.RetryAfter, time.Since(start), idp.Requests(jwksPath))
+			}
+		})
+	})
+
+	t.Run("JitterNone exact backoff", func(t *testing.T) {
+		for _, c := range []struct {
+			name  string
+			retry RetryPolicy
+			want  []time.Duration
+		}{
+			{"defaults", RetryPolicy{Jitter: JitterNone}, []time.Duration{0, 250 * time.Millisecond, 750 * time.Millisecond}},
+			{"capped", RetryPolicy{Jitter: JitterNone, MaxRetries: 4, MaxBackoff: 600 * time.Millisecond},
+				[]time.Duration{0, 250 * time.Millisecond, 750 * time.Millisecond, 1350 * time.Millisecond, 1950 * time.Millisecond}},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				synctest.Test(t, func(t *testing.T) {
+					idp, _ := testidp.NewDefault()
+					idp.SetFault(jwksPath, testidp.Fault{Status: 500})
+					rec := &recordingTransport{rt: idp, start: time.Now()}
+					f := newTestFetcher(t, Options{HTTPClient: &http.Client{Transport: rec}})
+					reg := testReg(t, f, func(r *Registration) { r.Retry = c.retry })
+					_, err := f.fetchKeys(t.Context(), reg, u, validators{})
+					wantFetchError(t, err, ClassStatus)
+					if !equalDurations(rec.at, c.want) {
+						t.Errorf("attempts at %v, want %v", rec.at, c.want)
+					}
+					if elapsed := time.Since(rec.start); elapsed != c.want[len(c.want)-1] {
+						t.Errorf("elapsed %v", elapsed)
+					}
+				})
+			})
+		}
+	})
+
+	t.Run("jittered backoff within bounds", func(t *testing.T) {
+		for _, j := range []Jitter{JitterFull, JitterDecorrelated} {
+			t.Run(string(j), func(t *testing.T) {
+				synctest.Test(t, func(t *testing.T) {
+					idp, _ := testidp.NewDefault()
+					idp.SetFault(jwksPath, testidp.Fault{Status: 500})
+					rec := &recordingTransport{rt: idp, start: time.Now()}
+					f := newTestFetcher(t, Options{HTTPClient: &http.Client{Transport: rec}})
+					reg := testReg(t, f, func(r *Registration) { r.Retry = RetryPolicy{Jitter: j, MaxRetries: 5} })
+					_, err := f.fetchKeys(t.Context(), reg, u, validators{})
+					wantFetchError(t, err, ClassStatus)
+					if len(rec.at) != 6 {
+						t.Fatalf("%d attempts, want 6", len(rec.at))
+					}
+					for i := 1; i < len(rec.at); i++ {
+						gap := rec.at[i] - rec.at[i-1]
+						lo := time.Duration(0)
+						if j == JitterDecorrelated {
+							lo = DefaultInitialBackoff
+						}
+						if gap < lo || gap > DefaultMaxBackoff {
+							t.Errorf("gap %d = %v, want within [%v, %v]", i, gap, lo, DefaultMaxBackoff)
+						}
+					}
+				})
+			})
+		}
+	})
+}
+
+func equalDurations(a, b []time.Duration) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestBackoff(t *testing.T) {
+	rp := RetryPolicy{InitialBackoff: 250 * time.Millisecond, MaxBackoff: 2 * time.Second, Jitter: JitterNone}
+	for attempt, want := range map[int]time.Duration{
+		1: 250 * time.Millisecond, 2: 500 * time.Millisecond, 3: time.Second, 4: 2 * time.Second,
+		5: 2 * time.Second, 40: 2 * time.Second, 100: 2 * time.Second,
+	} {
+		if got := backoff(&rp, attempt, 0); got != want {
+			t.Errorf("none: backoff(%d) = %v, want %v", attempt, got, want)
+		}
+	}
+
+	rp.Jitter = JitterFull
+	for attempt := 1; attempt <= 6; attempt++ {
+		base := min(rp.InitialBackoff<<(attempt-1), rp.MaxBackoff)
+		for range 200 {
+			if got := backoff(&rp, attempt, 0); got < 0 || got > base {
+				t.Fatalf("full: backoff(%d) = %v, want within [0, %v]", attempt, got, base)
+			}
+		}
+	}
+
+	rp.Jitter = JitterDecorrelated
+	if got := backoff(&rp, 1, 0); got != rp.InitialBackoff {
+		t.Errorf("decorrelated first backoff = %v, want %v", got, rp.InitialBackoff)
+	}
+	prev := time.Duration(0)
+	sawAboveInitial := false
+	for i := range 500 {
+		got := backoff(&rp, i+1, prev)
+		hi := max(3*prev, rp.InitialBackoff)
+		if got < rp.InitialBackoff || got > rp.MaxBackoff || got > hi {
+			t.Fatalf("decorrelated: backoff after %v = %v, want within [%v, min(%v, %v)]", prev, got, rp.InitialBackoff, hi, rp.MaxBackoff)
+		}
+		sawAboveInitial = sawAboveInitial || got > rp.InitialBackoff
+		prev = got
+	}
+	if !sawAboveInitial {
+		t.Errorf("decorrelated backoff never grew")
+	}
+}
+
+func TestFetchRetryable(t *testing.T) {
+	for _, c := range []struct {
+		fe   FetchError
+		want bool
+	}{
+		{FetchError{Class: ClassNetwork, Err: errors.New("reset")}, true},
+		{FetchError{Class: ClassNetwork, Err: context.Canceled}, false},
+		{FetchError{Class: ClassTimeout, Err: context.DeadlineExceeded}, true},
+		{FetchError{Class: ClassStatus, StatusCode: 408}, true},
+		{FetchError{Class: ClassStatus, StatusCode: 429}, true},
+		{FetchError{Class: ClassStatus, StatusCode: 500}, true},
+		{FetchError{Class: ClassStatus, StatusCode: 599}, true},
+		{FetchError{Class: ClassStatus, StatusCode: 404}, false},
+		{FetchError{Class: ClassStatus, StatusCode: 304}, false},
+		{FetchError{Class: ClassTLS}, false},
+		{FetchError{Class: ClassPin}, false},
+		{FetchError{Class: ClassBlockedAddress}, false},
+		{FetchError{Class: ClassRedirect}, false},
+		{FetchError{Class: ClassTooLarge}, false},
+		{FetchError{Class: ClassParse}, false},
+		{FetchError{Class: ClassNoKeys}, false},
+	} {
+		if got := c.fe.retryable(); got != c.want {
+			t.Errorf("%s %d %v: retryable = %v, want %v", c.fe.Class, c.fe.StatusCode, c.fe.Err, got, c.want)
+		}
+	}
+}
+
+func TestFetchClassify(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want ErrorClass
+	}{
+		{&net.OpError{Op: "dial", Err: &blockedAddressError{reason: "loopback"}}, ClassBlockedAddress},
+		{&pinError{"x"}, ClassPin},
+		{errTooManyRedirects, ClassRedirect},
+		{errPolicyHop, ClassRedirect},
+		{&tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}, ClassTLS},
+		{x509.HostnameError{}, ClassTLS},
+		{tls.RecordHeaderError{}, ClassTLS},
+		{context.DeadlineExceeded, ClassTimeout},
+		{&net.OpError{Op: "read", Err: timeoutErr{}}, ClassTimeout},
+		{context.Canceled, ClassNetwork},
+		{io.ErrUnexpectedEOF, ClassNetwork},
+	} {
+		if got := classify(c.err); got != c.want {
+			t.Errorf("classify(%v) = %s, want %s", c.err, got, c.want)
+		}
+	}
+}
+
+type timeoutErr struct{}
+
+func (timeoutErr) Error() string   { return "i/o timeout" }
+func (timeoutErr) Timeout() bool   { return true }
+func (timeoutErr) Temporary() bool { return true }
+
+func TestFetchReadBody(t *testing.T) {
+	gz := func(b []byte) []byte {
+		var buf bytes.Buffer
+		zw := gzip.NewWriter(&buf)
+		_, _ = zw.Write(b)
+		_ = zw.Close()
+		return buf.Bytes()
+	}
+	resp := func(body []byte, length int64, encoding string) *http.Response {
+		h := make(http.Header)
+		if encoding != "" {
+			h.Set("Content-Encoding", encoding)
+		}
+		return &http.Response{Header: h, Body: io.NopCloser(bytes.NewReader(body)), ContentLength: length}
+	}
+	doc := []byte(`{"keys":[]}`)
+	for _, c := range []struct {
+		name    string
+		resp    *http.Response
+		limit   int64
+		wantErr error
+	}{
+		{"identity at limit", resp(doc, -1, ""), int64(len(doc)), nil},
+		{"identity over limit", resp(doc, -1, "identity"), int64(len(doc)) - 1, ErrTooLarge},
+		{"content-length over limit", resp(nil, 100, ""), 99, ErrTooLarge},
+		{"gzip", resp(gz(doc), -1, "gzip"), 1 << 10, nil},
+		{"x-gzip", resp(gz(doc), -1, "X-Gzip"), 1 << 10, nil},
+		// The limit also applies to the bytes received: a gzip stream
+		// larger than the limit fails even if its output would fit.
+		{"gzip input over limit", resp(gz(doc), -1, "gzip"), int64(len(doc)), ErrTooLarge},
+		{"gzip output over limit", resp(gz(bytes.Repeat([]byte(" "), 1<<16)), -1, "gzip"), 1 << 10, ErrTooLarge},
+		{"gzip corrupt header", resp([]byte("not gzip at all"), -1, "gzip"), 1 << 10, errBadEncoding},
+		{"gzip truncated", resp(gz(doc)[:15], -1, "gzip"), 1 << 10, errBadEncoding},
+		{"unsupported encoding", resp(doc, -1, "br"), 1 << 10, errBadEncoding},
+		{"gzip header over a tiny limit", resp(gz(doc), -1, "gzip"), 5, ErrTooLarge},
+		{"read error", &http.Response{Header: http.Header{}, ContentLength: -1,
+			Body: io.NopCloser(io.MultiReader(bytes.NewReader(doc[:4]), iotest.ErrReader(io.ErrUnexpectedEOF)))}, 1 << 10, io.ErrUnexpectedEOF},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			body, err := readBody(c.resp, c.limit)
+			if c.wantErr == nil {
+				if err != nil || !bytes.Equal(body, doc) {
+					t.Fatalf("readBody = %q, %v; want the document", body, err)
+				}
+				return
+			}
+			if !errors.Is(err, c.wantErr) {
+				t.Fatalf("readBody error = %v, want %v", err, c.wantErr)
+			}
+		})
+	}
+}
+
+func TestFetchDiscovery(t *testing.T) {
+	const discPath = "/.well-known/openid-configuration"
+	idp, srv := tlsIdP(t)
+	plain := idp.Start(t)
+	issuer := srv.URL
+	jwksURI := srv.URL + jwksPath
+	f := newTestFetcher(t, tlsOptions(idp))
+	regFor := func(iss string) *Registration {
+		return testReg(t, f, func(r *Registration) { r.JWKSURL, r.Issuer, r.Retry = "", iss, fastRetry })
+	}
+
+	t.Run("success", func(t *testing.T) {
+		idp.SetDiscovery(discPath, issuer, jwksURI)
+		res, err := f.fetchDiscovery(t.Context(), regFor(issuer), validators{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.NotModified || res.Doc == nil || res.Doc.JWKSURI != jwksURI || res.Doc.Issuer != issuer {
+			t.Fatalf("result = %+v", res)
+		}
+		if res.URL != issuer+discPath {
+			t.Errorf("URL = %q", res.URL)
+		}
+		wantKeys(t, mustFetchKeys(t, f, regFor(issuer), res.Doc.JWKSURI, validators{}), 3)
+
+		nm, err := f.fetchDiscovery(t.Context(), regFor(issuer), res.Validators)
+		if err != nil || !nm.NotModified || nm.Doc != nil {
+			t.Fatalf("revalidation = %+v, %v; want NotModified", nm, err)
+		}
+	})
+
+	for _, c := range []struct {
+		name, docIssuer, regIssuer, jwksURI string
+		policy                              bool
+	}{
+		{"registered issuer has trailing slash", issuer, issuer + "/", jwksURI, false},
+		{"document issuer has trailing slash", issuer + "/", issuer, jwksURI, false},
+		{"other issuer", "https://evil.example", issuer, jwksURI, false},
+		{"http jwks_uri", issuer, issuer, plain.URL + jwksPath, true},
+		{"jwks_uri outside AllowedAddresses", issuer, issuer, "https://10.0.0.1/jwks.json", true},
+		{"relative jwks_uri", issuer, issuer, "/jwks.json", false},
+		{"empty jwks_uri", issuer, issuer, "", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			idp.SetDiscovery(discPath, c.docIssuer, c.jwksURI)
+			_, err := f.fetchDiscovery(t.Context(), regFor(c.regIssuer), validators{})
+			wantFetchError(t, err, ClassParse)
+			wantIs(t, err, c.policy, ErrSecurityPolicy)
+		})
+	}
+
+	t.Run("html", func(t *testing.T) {
+		idp.SetBody(discPath, []byte("<html>login</html>"), "application/json")
+		_, err := f.fetchDiscovery(t.Context(), regFor(issuer), validators{})
+		wantFetchError(t, err, ClassParse)
+		wantIs(t, err, true, errHTML)
+	})
+
+	t.Run("not JSON", func(t *testing.T) {
+		idp.SetBody(discPath, []byte("{"), "application/json")
+		_, err := f.fetchDiscovery(t.Context(), regFor(issuer), validators{})
+		wantFetchError(t, err, ClassParse)
+	})
+}

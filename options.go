@@ -1,0 +1,76 @@
+package jwkscache
+
+import (
+	"crypto/x509"
+	"log/slog"
+	"net/http"
+	"net/netip"
+)
+
+// Options configures a Manager. The zero value is a safe production
+// configuration: https only, any host, public addresses only, system roots,
+// no logging.
+type Options struct {
+	// AllowHTTP permits http URLs for registrations that also set
+	// Registration.AllowHTTP. Default: false (https only).
+	AllowHTTP bool
+
+	// AllowedDomains is the global host allowlist, checked on Register and
+	// on every redirect hop: a host passes when it equals an entry or ends
+	// with "." + entry. Entries are lower-case without a trailing dot.
+	// Default: empty (any host).
+	AllowedDomains []string
+
+	// AllowedAddresses lists address ranges that the dial guard lets
+	// through although they are loopback, private, link-local or otherwise
+	// refused (see the package documentation), for tests and on-premises
+	// identity providers. IP-literal URL hosts are accepted only within
+	// these ranges. Default: none.
+	AllowedAddresses []netip.Prefix
+
+	// RootCAs are the trust roots for fetches. Default: nil, the system roots.
+	RootCAs *x509.CertPool
+
+	// HTTPClient, when set, supplies the transport of every fetch in place
+	// of the built-in one: the caller then owns dialing, proxies and TLS,
+	// and the dial guard and RootCAs do not apply. The URL policy, redirect
+	// checks, body caps, timeouts and (on the TLS state the transport
+	// reports) SPKI pins still apply. Its Timeout, Jar and CheckRedirect are
+	// not used. Default: nil (built-in transport).
+	HTTPClient *http.Client
+
+	// Logger receives structured logs. Tokens and key material are never
+	// logged. Default: nil, no logging.
+	Logger *slog.Logger
+
+	// OnEvent, when set, is called for key set changes, state changes and
+	// failed refreshes. It is called synchronously from the goroutine that
+	// caused the event, so it must be fast and must not call back into the
+	// Manager. Default: nil.
+	OnEvent func(Event)
+
+	// RefreshWorkers bounds how many fetches the background scheduler runs
+	// at once across all providers; callers waiting on a cold provider or
+	// an unknown kid do not count against it. Default: 8.
+	RefreshWorkers int
+
+	// MaxUnknownKIDRefreshes caps the refreshes triggered by unknown kids
+	// across all tenants, per second, with a burst of the same size. The
+	// per-provider bucket (see Registration.NegativeCacheTTL) applies first.
+	// Default: 50.
+	MaxUnknownKIDRefreshes int
+}
+
+// Option defaults.
+const (
+	DefaultRefreshWorkers         = 8
+	DefaultMaxUnknownKIDRefreshes = 50
+)
+
+func (o Options) withDefaults() Options {
+	o.AllowedDomains = cloneStrings(o.AllowedDomains)
+	o.AllowedAddresses = append([]netip.Prefix(nil), o.AllowedAddresses...)
+	setDefault(&o.RefreshWorkers, DefaultRefreshWorkers)
+	setDefault(&o.MaxUnknownKIDRefreshes, DefaultMaxUnknownKIDRefreshes)
+	return o
+}
