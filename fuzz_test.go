@@ -1,0 +1,205 @@
+package jwkscache
+
+import (
+	"encoding/json"
+	"errors"
+	"math/rand/v2"
+	"net/http"
+	"reflect"
+	"testing"
+	"time"
+)
+
+// The seed corpora in testdata/fuzz/FuzzXxx hold the recorded JWKS
+// documents and response headers; the f.Add seeds below add edge cases.
+// Run a fuzzer with, for example:
+//
+//	go test -run='^$' -fuzz=FuzzParseKeySet -fuzztime=20s .
+
+// FuzzParseKeySet: parseKeySet never panics; a set it accepts holds only
+// public keys typed like their Go keys, and find, lookup and lookupAlg
+// agree with a scan of the keys.
+func FuzzParseKeySet(f *testing.F) {
+	f.Add([]byte(`{"keys":[]}`))
+	f.Add([]byte(`{"keys":[{"kty":"EC","crv":"P-256","x":"","y":""}]}`))
+	f.Add([]byte(`{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB","d":"AQAB"}]}`))
+	f.Add([]byte(`{"keys":[{"kty":"oct","k":"c2VjcmV0"},null,1,"x",[]]}`))
+	f.Add([]byte(`{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","use":"enc","USE":"sig"}]}`))
+	f.Add([]byte("\ufeff<html>"))
+	f.Add([]byte(`{"keys":{}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ks, err := parseKeySet(data)
+		switch {
+		case err == nil:
+			if ks == nil || len(ks.keys) == 0 {
+				t.Fatalf("no error and no keys: %+v", ks)
+			}
+		case errors.Is(err, ErrNoKeys):
+			if ks == nil || len(ks.keys) != 0 {
+				t.Fatalf("ErrNoKeys with keys: %+v", ks)
+			}
+		case errors.Is(err, errHTML), errors.Is(err, errNotJWKS):
+			if ks != nil {
+				t.Fatalf("%v with a key set", err)
+			}
+			return
+		default:
+			t.Fatalf("unexpected error %v", err)
+		}
+		var doc struct{ Keys []json.RawMessage }
+		if err := json.Unmarshal(data, &doc); err != nil {
+			t.Fatalf("parseKeySet accepted what encoding/json refuses: %v", err)
+		}
+		if n := len(ks.keys) + len(ks.skipped); n != len(doc.Keys) {
+			t.Errorf("%d keys + %d skipped for %d entries", len(ks.keys), len(ks.skipped), len(doc.Keys))
+		}
+		for i, s := range ks.skipped {
+			if s.Reason == "" || i > 0 && s.Index <= ks.skipped[i-1].Index || s.Index < 0 || s.Index >= len(doc.Keys) {
+				t.Errorf("skipped[%d] = %+v", i, s)
+			}
+			if (s.Index >= maxKeysPerSet) != (s.Reason == SkipTooManyKeys) {
+				t.Errorf("skipped[%d] = %+v: too_many_keys is for index >= %d only", i, s, maxKeysPerSet)
+			}
+		}
+		checkKeySet(t, ks)
+	})
+}
+
+// FuzzFreshness: whatever the caching headers say, the lifetime stays in
+// [minTTL, maxTTL] and the refresh lands in [TTL/2, TTL].
+func FuzzFreshness(f *testing.F) {
+	f.Add("max-age=15, stale-while-revalidate=15, stale-if-error=15", "", "", "", uint32(0), uint32(86370))
+	f.Add("no-cache", "0", "", "", uint32(0), uint32(86370))
+	f.Add("", "Mon, 01 Jan 1700 00:00:00 GMT", "5", "Sat, 12 Nov 2022 19:33:44 GMT", uint32(0), uint32(86370))
+	f.Add("", "Fri, 31 Dec 9999 23:59:59 GMT", "", "Sat, 12 Nov 2022 19:33:44 GMT", uint32(30), uint32(3600))
+	f.Add(`private="x`, "", "99999999999999", "", uint32(0), uint32(0))
+	f.Add("max-age=99999999999999999999", "", "-1", "", uint32(1<<31), uint32(1<<31))
+	now := time.Date(2022, 11, 12, 19, 33, 44, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, cc, expires, age, date string, minExtra, span uint32) {
+		h := http.Header{}
+		for k, v := range map[string]string{"Cache-Control": cc, "Expires": expires, "Age": age, "Date": date} {
+			if v != "" {
+				h.Set(k, v)
+			}
+		}
+		minTTL := DefaultMinTTL + time.Duration(minExtra%(366*86400))*time.Second
+		maxTTL := minTTL + time.Duration(span)*time.Second
+		got := computeFreshness(h, now, minTTL, maxTTL)
+		if got.TTL < minTTL || got.TTL > maxTTL {
+			t.Fatalf("TTL %v outside [%v, %v]: %+v", got.TTL, minTTL, maxTTL, got)
+		}
+		if want := min(max(got.Raw, minTTL), maxTTL); got.TTL != want {
+			t.Errorf("TTL %v is not Raw %v clamped (%v)", got.TTL, got.Raw, want)
+		}
+		switch got.Source {
+		case "no-cache", "no-store":
+			if got.Raw != minTTL {
+				t.Errorf("%s: Raw %v, want MinTTL %v", got.Source, got.Raw, minTTL)
+			}
+		case "default":
+			if got.Raw != DefaultTTL {
+				t.Errorf("default: Raw %v", got.Raw)
+			}
+		case "max-age":
+			if got.Raw > 1<<31*time.Second {
+				t.Errorf("max-age: Raw %v beyond 2^31 s", got.Raw)
+			}
+		case "expires":
+		default:
+			t.Errorf("unknown source %q", got.Source)
+		}
+		d := refreshDelay(got.TTL, DefaultRefreshEarly, DefaultPrefetchJitter, rand.Int64N)
+		if d < got.TTL/2 || d > got.TTL {
+			t.Errorf("refreshDelay(%v) = %v", got.TTL, d)
+		}
+	})
+}
+
+// FuzzRegistrationJSON: UnmarshalJSON never panics, and a registration it
+// accepts that also passes Validate survives Marshal and Unmarshal.
+func FuzzRegistrationJSON(f *testing.F) {
+	f.Add([]byte(`{}`))
+	f.Add([]byte(`{"tenantId":"acme","providerId":"auth0","jwksUrl":"https://acme.eu.auth0.com/.well-known/jwks.json"}`))
+	f.Add([]byte(`{"tenantId":"a","providerId":"b","issuer":"https://x.example","staleWhileError":"PT0S","maxRedirects":0,"retryPolicy":{"maxRetries":0}}`))
+	f.Add([]byte(`{"tenantId":"a","providerId":"b","jwksUrl":"https://x.example","maxTtl":"PT2562047H47M16.854775807S","prefetchJitter":"PT2562047H47M16.854775807S"}`))
+	f.Add([]byte(`{"tenantId":"a"}}`))
+	f.Add([]byte(`{"minTtl":"PT1.5M30S"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var r Registration
+		if err := r.UnmarshalJSON(data); err != nil {
+			if !errors.Is(err, ErrInvalidRegistration) {
+				t.Fatalf("error %v does not match ErrInvalidRegistration", err)
+			}
+			return
+		}
+		if err := r.Validate(); err != nil {
+			var re *RegistrationError
+			if !errors.As(err, &re) || len(re.Fields) == 0 {
+				t.Fatalf("Validate error %v is not a *RegistrationError with fields", err)
+			}
+			return
+		}
+		b, err := json.Marshal(r)
+		if err != nil {
+			t.Fatalf("Marshal: %v", err)
+		}
+		var back Registration
+		if err := back.UnmarshalJSON(b); err != nil {
+			t.Fatalf("Unmarshal(%s): %v", b, err)
+		}
+		// An empty list and no list mean the same; JSON writes neither.
+		norm := func(r Registration) Registration {
+			if len(r.AllowedDomains) == 0 {
+				r.AllowedDomains = nil
+			}
+			if len(r.PinnedSPKI) == 0 {
+				r.PinnedSPKI = nil
+			}
+			return r
+		}
+		if !reflect.DeepEqual(norm(back), norm(r)) {
+			t.Fatalf("round trip through %s:\n got %+v\nwant %+v", b, back, r)
+		}
+		if err := back.Validate(); err != nil {
+			t.Fatalf("round trip made the registration invalid: %v", err)
+		}
+		// With defaults applied, every effective value is usable by the
+		// engine without overflow surprises.
+		d := r.WithDefaults()
+		if d.MinTTL < DefaultMinTTL || d.MaxTTL < d.MinTTL || d.RefreshEarly < time.Second || d.redirectLimit() > 10 {
+			t.Fatalf("validated registration with effective values %+v", d)
+		}
+		_ = refreshDelay(d.MaxTTL, d.RefreshEarly, d.jitterWindow(), rand.Int64N)
+	})
+}
+
+// FuzzISODuration: a parsed duration is never negative and formats back to
+// itself; every non-negative Duration survives format then parse.
+func FuzzISODuration(f *testing.F) {
+	for _, s := range []string{"PT30S", "PT0.25S", "PT24H", "PT1H30M", "P1D", "P1W", "PT1.5M", "P1Y", "30s", "PT", "P",
+		"PT2562047H47M16.854775807S", "PT2562047H47M16.854775808S", "PT0,5S", "PT.5S"} {
+		f.Add(s, int64(len(s))*int64(time.Second))
+	}
+	f.Add("", int64(-1))
+	f.Fuzz(func(t *testing.T, s string, n int64) {
+		if d, err := parseISODuration(s); err == nil {
+			if d < 0 {
+				t.Fatalf("parseISODuration(%q) = %v, negative", s, d)
+			}
+			back, err := parseISODuration(formatISODuration(d))
+			if err != nil || back != d {
+				t.Fatalf("parseISODuration(%q) = %v; its format %q parses as %v, %v", s, d, formatISODuration(d), back, err)
+			}
+		} else if !errors.Is(err, errISODuration) {
+			t.Fatalf("error %v does not wrap errISODuration", err)
+		}
+		d := time.Duration(n)
+		if d < 0 {
+			d = -(d + 1)
+		}
+		s = formatISODuration(d)
+		if back, err := parseISODuration(s); err != nil || back != d {
+			t.Fatalf("formatISODuration(%d) = %q parses as %d, %v", int64(d), s, int64(back), err)
+		}
+	})
+}
