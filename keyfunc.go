@@ -1,0 +1,65 @@
+package jwkscache
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// Keyfunc returns a jwt.Keyfunc (golang-jwt v5) that finds the key of a
+// token's kid and alg in the provider's key set:
+//
+//	tok, err := jwt.Parse(raw, m.Keyfunc("acme", "auth0"), jwt.WithValidMethods([]string{"RS256"}))
+//
+// Keys are found by kid and told apart by the token's algorithm family, so
+// a kid shared by an RSA and an EC key is not ambiguous; a key whose JWK
+// names an alg verifies only that alg. A token without a kid is accepted
+// only when exactly one key of the set may verify its alg (OpenID Connect
+// Core 1.0, section 10.1). The jku, x5u, jwk and x5c headers are never
+// followed or trusted: keys come only from the registered URL.
+//
+// When the registration has an Issuer, tokens whose iss claim differs are
+// refused before any key lookup. An unknown kid triggers the same
+// rate-limited refresh as Key, bounded by the registration's retry Deadline.
+//
+// Keyfunc still returns a usable function when the provider is registered
+// later; each call resolves the provider anew.
+func (m *Manager) Keyfunc(tenant, providerID string) jwt.Keyfunc {
+	return func(t *jwt.Token) (any, error) {
+		p := m.reg.get(tenant, providerID)
+		if p == nil {
+			return nil, m.notRegistered(tenant, providerID)
+		}
+		kid := ""
+		if v, ok := t.Header["kid"]; ok {
+			s, ok := v.(string)
+			if !ok {
+				return nil, fmt.Errorf("jwkscache: %s/%s: token kid header is not a string", tenant, providerID)
+			}
+			kid = s
+		}
+		alg, _ := t.Header["alg"].(string)
+		reg := p.reg()
+		if reg.Issuer != "" {
+			iss, err := t.Claims.GetIssuer()
+			if err != nil || iss != reg.Issuer {
+				return nil, fmt.Errorf("jwkscache: %s/%s: %w: token issuer does not match the registered issuer %q",
+					tenant, providerID, jwt.ErrTokenInvalidIssuer, reg.Issuer)
+			}
+		}
+		if s := p.snap.Load(); s != nil && !p.isDenied(kid) {
+			if k, err := s.keys.lookupAlg(kid, alg); err == nil && !p.isDenied(k.jwk.KeyID) {
+				m.hits.inc(p.slot)
+				return k.jwk.Key, nil
+			}
+		}
+		ctx, cancel := context.WithTimeout(m.ctx, reg.Retry.Deadline)
+		defer cancel()
+		k, err := m.keySlow(ctx, p, kid, "keyfunc", func(ks *keySet) (*typedKey, error) { return ks.lookupAlg(kid, alg) })
+		if err != nil {
+			return nil, err
+		}
+		return k.jwk.Key, nil
+	}
+}

@@ -1,0 +1,440 @@
+package jwkscache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"golang.org/x/sync/singleflight"
+)
+
+// closeTimeout bounds how long Close waits for background goroutines.
+const closeTimeout = 2 * time.Second
+
+// Manager keeps the signing keys of many identity providers in memory and
+// refreshes them in the background. Create one with New and release it
+// with Close. All methods are safe for concurrent use.
+type Manager struct {
+	opts    Options
+	log     *slog.Logger
+	fetcher *fetcher
+	reg     *registry
+	hits    hitCounter
+	sched   *scheduler
+
+	kidLimiter kidBucket
+	panics     atomic.Uint64
+	// flights shares one fetch per provider among every caller: the
+	// scheduler, lookups of a cold provider or an unknown kid, Refresh. One
+	// group for all providers keeps its map small: entries live only while
+	// a fetch runs.
+	flights singleflight.Group
+	seq     atomic.Uint64 // numbers providers for their flight keys
+
+	ctx    context.Context // cancelled by Close; every fetch runs on it
+	cancel context.CancelFunc
+
+	mu     sync.Mutex // guards closed transitions and wg.Add
+	closed atomic.Bool
+	wg     sync.WaitGroup
+}
+
+// New returns a Manager configured by opts and starts its scheduler and
+// refresh workers. It returns an error only for invalid options.
+func New(opts Options) (*Manager, error) {
+	opts = opts.withDefaults()
+	var bad []string
+	for i, d := range opts.AllowedDomains {
+		if msg := checkDomain(d); msg != "" {
+			bad = append(bad, fmt.Sprintf("AllowedDomains[%d] %q: %s", i, d, msg))
+		}
+	}
+	for i, p := range opts.AllowedAddresses {
+		if !p.IsValid() {
+			bad = append(bad, fmt.Sprintf("AllowedAddresses[%d]: invalid prefix", i))
+		}
+	}
+	if opts.RefreshWorkers < 0 {
+		bad = append(bad, fmt.Sprintf("RefreshWorkers: must not be negative, got %d", opts.RefreshWorkers))
+	}
+	if opts.MaxUnknownKIDRefreshes < 0 {
+		bad = append(bad, fmt.Sprintf("MaxUnknownKIDRefreshes: must not be negative, got %d", opts.MaxUnknownKIDRefreshes))
+	}
+	if len(bad) > 0 {
+		return nil, fmt.Errorf("jwkscache: invalid options: %v", bad)
+	}
+	m := &Manager{
+		opts:    opts,
+		log:     opts.Logger,
+		fetcher: newFetcher(opts),
+		reg:     newRegistry(),
+	}
+	if m.log == nil {
+		m.log = slog.New(slog.DiscardHandler)
+	}
+	m.kidLimiter.rate = float64(opts.MaxUnknownKIDRefreshes)
+	m.ctx, m.cancel = context.WithCancel(context.Background())
+	m.sched = newScheduler(m)
+	m.wg.Add(1 + opts.RefreshWorkers)
+	go func() {
+		defer m.wg.Done()
+		m.sched.run(m.ctx)
+	}()
+	for range opts.RefreshWorkers {
+		go func() {
+			defer m.wg.Done()
+			m.sched.worker(m.ctx)
+		}()
+	}
+	return m, nil
+}
+
+// enter registers a goroutine doing work for the Manager; it returns false
+// once the Manager is closed. Each successful enter must be paired with leave.
+func (m *Manager) enter() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed.Load() {
+		return false
+	}
+	m.wg.Add(1)
+	return true
+}
+
+func (m *Manager) leave() { m.wg.Done() }
+
+// Close stops every background goroutine, cancelling fetches in flight, and
+// returns within about 2 seconds even when an upstream is stuck. Calls after
+// Close, Close included, return ErrClosed.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	if m.closed.Load() {
+		m.mu.Unlock()
+		return ErrClosed
+	}
+	m.closed.Store(true)
+	m.mu.Unlock()
+	m.cancel()
+	for _, p := range m.reg.clear() {
+		p.mu.Lock()
+		p.removed = true
+		p.mu.Unlock()
+	}
+	done := make(chan struct{})
+	go func() {
+		m.wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(closeTimeout)
+	defer t.Stop()
+	defer m.fetcher.close()
+	select {
+	case <-done:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("jwkscache: close: background fetches still running after %v", closeTimeout)
+	}
+}
+
+// emit delivers events to Options.OnEvent.
+func (m *Manager) emit(evs []Event) {
+	if m.opts.OnEvent == nil {
+		return
+	}
+	for _, ev := range evs {
+		m.opts.OnEvent(ev)
+	}
+}
+
+// provider returns the registered provider or the error to return.
+func (m *Manager) provider(tenant, providerID string) (*provider, error) {
+	if p := m.reg.get(tenant, providerID); p != nil {
+		return p, nil
+	}
+	return nil, m.notRegistered(tenant, providerID)
+}
+
+func (m *Manager) notRegistered(tenant, providerID string) error {
+	if m.closed.Load() {
+		return ErrClosed
+	}
+	return &ProviderError{TenantID: tenant, ProviderID: providerID, Err: ErrNotRegistered}
+}
+
+// Register adds a provider, or updates the registration of one already
+// registered. The registration is validated against its own rules and the
+// Manager's Options first; on error nothing changes. A new provider starts
+// loading in the background at once. An update that changes where keys come
+// from keeps serving the old keys until the new source has loaded.
+//
+// Register does not wait for the keys; a lookup waits for the first load.
+func (m *Manager) Register(ctx context.Context, reg Registration) error {
+	if m.closed.Load() {
+		return ErrClosed
+	}
+	r := reg.WithDefaults()
+	if err := r.validate(m.fetcher.policyFor(&r)); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := time.Now()
+	m.reg.mu.Lock() // serialises Register and Unregister of every pair
+	defer m.reg.mu.Unlock()
+	if p := m.reg.getLocked(r.TenantID, r.ProviderID); p != nil {
+		p.mu.Lock()
+		old := p.reg()
+		p.cfg.Store(&r)
+		p.gen++
+		if sourceChanged(old, &r) {
+			p.jwksURL = r.JWKSURL
+			p.disc = nil
+			p.nextRefresh = now
+			p.errorCount = 0
+		}
+		due := p.nextDueLocked()
+		p.mu.Unlock()
+		m.sched.schedule(p, due)
+		return nil
+	}
+	if m.closed.Load() {
+		return ErrClosed
+	}
+	p := &provider{m: m, key: r.key(), slot: m.hits.alloc(), heapIdx: -1, jwksURL: r.JWKSURL, nextRefresh: now, tokens: kidBurst,
+		flightKey: r.TenantID + "/" + r.ProviderID + "#" + strconv.FormatUint(m.seq.Add(1), 10)}
+	p.cfg.Store(&r)
+	m.reg.addLocked(p)
+	m.sched.schedule(p, now)
+	return nil
+}
+
+// sourceChanged reports whether an update changes where or how keys are
+// fetched, so the current keys must be replaced by a new load.
+func sourceChanged(a, b *Registration) bool {
+	return a.JWKSURL != b.JWKSURL || a.Issuer != b.Issuer && b.JWKSURL == "" ||
+		a.AllowHTTP != b.AllowHTTP || !equalStrings(a.AllowedDomains, b.AllowedDomains) ||
+		!equalStrings(a.PinnedSPKI, b.PinnedSPKI) || a.MaxResponseBytes != b.MaxResponseBytes ||
+		a.MaxRedirects != b.MaxRedirects || a.MinTTL != b.MinTTL || a.MaxTTL != b.MaxTTL
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Unregister removes a provider. Its keys stop being served at once and a
+// fetch in flight is discarded.
+func (m *Manager) Unregister(ctx context.Context, tenant, providerID string) error {
+	if m.closed.Load() {
+		return ErrClosed
+	}
+	p := m.reg.remove(providerKey{tenant, providerID})
+	if p == nil {
+		return m.notRegistered(tenant, providerID)
+	}
+	p.mu.Lock()
+	p.removed = true
+	p.mu.Unlock()
+	m.sched.remove(p)
+	p.snap.Store(nil)
+	m.hits.release(p.slot)
+	return nil
+}
+
+// Key returns the key of kid from the provider's key set. A warm lookup
+// takes no lock and allocates nothing. A cold provider is loaded first
+// (one fetch shared by all callers, each waiting under its own ctx); an
+// unknown kid triggers one shared, rate-limited refresh before the lookup
+// fails with ErrKeyNotFound. A denied kid fails with ErrKeyDenied.
+//
+// An empty kid matches the set's only key, if it has exactly one. A kid
+// that names keys of several algorithm families is ambiguous here: use
+// Keyfunc, which tells them apart by the token's alg.
+func (m *Manager) Key(ctx context.Context, tenant, providerID, kid string) (jose.JSONWebKey, error) {
+	p := m.reg.get(tenant, providerID)
+	if p == nil {
+		return jose.JSONWebKey{}, m.notRegistered(tenant, providerID)
+	}
+	if s := p.snap.Load(); s != nil && !p.isDenied(kid) {
+		if k := s.keys.find(kid); k != nil {
+			m.hits.inc(p.slot)
+			return k.jwk, nil
+		}
+	}
+	k, err := m.keySlow(ctx, p, kid, "key", func(ks *keySet) (*typedKey, error) { return ks.lookup(kid) })
+	if err != nil {
+		return jose.JSONWebKey{}, err
+	}
+	return k.jwk, nil
+}
+
+// keySlow is the lookup path after a miss: deny check, cold load, or an
+// unknown-kid refresh within the provider's budget.
+func (m *Manager) keySlow(ctx context.Context, p *provider, kid, op string, find func(*keySet) (*typedKey, error)) (*typedKey, error) {
+	fail := func(err error) (*typedKey, error) {
+		return nil, &ProviderError{TenantID: p.key.tenant, ProviderID: p.key.provider, URL: p.urlForError(), Op: op, Err: err}
+	}
+	if p.isDenied(kid) {
+		return fail(fmt.Errorf("kid %q: %w", kid, ErrKeyDenied))
+	}
+	var (
+		seq      uint64 // fetches started before the refresh this lookup waits for
+		fetchErr error  // that refresh's error
+		kidFetch bool   // this lookup spent a token on a kid-driven refresh
+		rejoined bool   // a second refresh was awaited
+	)
+	for pass := 0; ; pass++ {
+		s := p.snap.Load()
+		if s != nil {
+			k, err := find(s.keys)
+			if err == nil {
+				// An empty kid may have matched a key that has one.
+				if p.isDenied(k.jwk.KeyID) {
+					return fail(fmt.Errorf("kid %q: %w", k.jwk.KeyID, ErrKeyDenied))
+				}
+				m.hits.inc(p.slot)
+				return k, nil
+			}
+			p.misses.Add(1)
+			missing := !s.keys.has(kid)
+			switch {
+			case pass == 0 && missing && kid != "":
+				if why := p.allowKIDRefresh(kid); why != "" {
+					return fail(fmt.Errorf("kid %q: %w (%s)", kid, ErrKeyNotFound, why))
+				}
+				kidFetch = true
+			case kidFetch && missing && fetchErr == nil && p.okSeq.Load() <= seq && !rejoined:
+				// The refresh we joined began before this miss, so its
+				// answer may predate the key: wait for one more, on the
+				// same token.
+				rejoined = true
+			default:
+				// Present but ambiguous or of another family, or still
+				// missing after a refresh: refreshing again will not help.
+				// Only a successful fetch begun after the miss shows that
+				// the kid is missing.
+				if pass > 0 && missing {
+					if fetchErr != nil {
+						return fail(fmt.Errorf("kid %q: %w (refresh failed: %w)", kid, ErrKeyNotFound, fetchErr))
+					}
+					p.rememberMissing(kid)
+				}
+				return fail(fmt.Errorf("kid %q: %w", kid, err))
+			}
+		} else {
+			if pass > 0 {
+				return fail(&noKeysError{cause: p.lastError()})
+			}
+			if err := p.recentFailure(); err != nil {
+				return fail(&noKeysError{cause: err})
+			}
+		}
+		seq, fetchErr = p.fetchSeq.Load(), nil
+		if err := p.await(ctx); err != nil {
+			if errors.Is(err, ErrClosed) || ctx.Err() != nil {
+				return fail(err)
+			}
+			if p.snap.Load() == nil {
+				return fail(&noKeysError{cause: err})
+			}
+			fetchErr = err
+			// A failed refresh with stale keys still in place: look again.
+		}
+	}
+}
+
+// urlForError returns the URL to name in an error.
+func (p *provider) urlForError() string {
+	if s := p.snap.Load(); s != nil {
+		return s.url
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.jwksURL != "" {
+		return p.jwksURL
+	}
+	r := p.reg()
+	if r.usesDiscovery() {
+		return r.discoveryURL()
+	}
+	return r.JWKSURL
+}
+
+// Resolve returns the provider's usable keys (denied kids excluded), loading
+// them first if the provider is cold. The set is a copy the caller may keep.
+func (m *Manager) Resolve(ctx context.Context, tenant, providerID string) (*jose.JSONWebKeySet, error) {
+	p, err := m.provider(tenant, providerID)
+	if err != nil {
+		return nil, err
+	}
+	s := p.snap.Load()
+	if s == nil {
+		if err := p.recentFailure(); err != nil {
+			return nil, &ProviderError{TenantID: tenant, ProviderID: providerID, URL: p.urlForError(), Op: "resolve", Err: &noKeysError{cause: err}}
+		}
+		err := p.await(ctx)
+		if s = p.snap.Load(); s == nil {
+			if err == nil {
+				err = p.lastError()
+			}
+			return nil, &ProviderError{TenantID: tenant, ProviderID: providerID, URL: p.urlForError(), Op: "resolve", Err: &noKeysError{cause: err}}
+		}
+	}
+	set := &jose.JSONWebKeySet{Keys: make([]jose.JSONWebKey, 0, len(s.keys.keys))}
+	for _, k := range s.keys.keys {
+		if !p.isDenied(k.info.KID) {
+			set.Keys = append(set.Keys, k.jwk)
+		}
+	}
+	return set, nil
+}
+
+// Refresh fetches the provider's keys now, conditionally (with its
+// validators), even when they are fresh, and returns the fetch's error. A
+// refresh already in flight is joined rather than repeated.
+func (m *Manager) Refresh(ctx context.Context, tenant, providerID string) error {
+	p, err := m.provider(tenant, providerID)
+	if err != nil {
+		return err
+	}
+	if err := p.await(ctx); err != nil {
+		return &ProviderError{TenantID: tenant, ProviderID: providerID, URL: p.urlForError(), Op: "refresh", Err: err}
+	}
+	return nil
+}
+
+// DenyKey refuses kid for the provider at once, even from a stale set and
+// across refreshes, until AllowKey (for a key compromised during an
+// outage). The kid need not be in the current set.
+func (m *Manager) DenyKey(tenant, providerID, kid string) error {
+	p, err := m.provider(tenant, providerID)
+	if err != nil {
+		return err
+	}
+	p.setDenied(kid, true)
+	return nil
+}
+
+// AllowKey lifts a denial made by DenyKey.
+func (m *Manager) AllowKey(tenant, providerID, kid string) error {
+	p, err := m.provider(tenant, providerID)
+	if err != nil {
+		return err
+	}
+	p.setDenied(kid, false)
+	return nil
+}

@@ -1,0 +1,142 @@
+package jwkscache
+
+import (
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+)
+
+// registry maps (tenant, provider) to its *provider. Lookups take no lock
+// and allocate nothing: the table and each bucket are immutable and
+// replaced whole (copy on write) by writers, which serialise on mu. A
+// bucket holds a handful of providers, so a write copies a few pointers, and
+// the table doubles when the load passes two per bucket, so registering n
+// providers costs O(n) in total.
+type registry struct {
+	seed  maphash.Seed
+	mu    sync.Mutex // serialises writers; guards n
+	n     int
+	table atomic.Pointer[regTable]
+}
+
+type regTable struct {
+	mask    uint64
+	buckets []atomic.Pointer[[]*provider]
+}
+
+func newRegistry() *registry {
+	r := &registry{seed: maphash.MakeSeed()}
+	r.table.Store(newRegTable(64))
+	return r
+}
+
+func newRegTable(size int) *regTable {
+	return &regTable{mask: uint64(size - 1), buckets: make([]atomic.Pointer[[]*provider], size)}
+}
+
+func (r *registry) hash(tenant, provider string) uint64 {
+	return maphash.String(r.seed, tenant) ^ maphash.String(r.seed, provider)*0x9e3779b97f4a7c15
+}
+
+// get returns the provider of (tenant, provider), or nil.
+func (r *registry) get(tenant, provider string) *provider {
+	t := r.table.Load()
+	b := t.buckets[r.hash(tenant, provider)&t.mask].Load()
+	if b == nil {
+		return nil
+	}
+	for _, p := range *b {
+		if p.key.provider == provider && p.key.tenant == tenant {
+			return p
+		}
+	}
+	return nil
+}
+
+// getLocked is get for a caller holding mu.
+func (r *registry) getLocked(tenant, provider string) *provider { return r.get(tenant, provider) }
+
+// addLocked inserts p, whose key must not be present. r.mu must be held.
+func (r *registry) addLocked(p *provider) {
+	t := r.table.Load()
+	if r.n+1 > 2*len(t.buckets) {
+		t = r.growLocked(t)
+	}
+	r.insertLocked(t, p)
+	r.n++
+}
+
+func (r *registry) insertLocked(t *regTable, p *provider) {
+	bp := &t.buckets[r.hash(p.key.tenant, p.key.provider)&t.mask]
+	var nb []*provider
+	if old := bp.Load(); old != nil {
+		nb = make([]*provider, len(*old), len(*old)+1)
+		copy(nb, *old)
+	}
+	nb = append(nb, p)
+	bp.Store(&nb)
+}
+
+// growLocked builds a table of twice the size and publishes it; readers see
+// either the old table or the complete new one.
+func (r *registry) growLocked(old *regTable) *regTable {
+	t := newRegTable(2 * len(old.buckets))
+	for i := range old.buckets {
+		if b := old.buckets[i].Load(); b != nil {
+			for _, p := range *b {
+				r.insertLocked(t, p)
+			}
+		}
+	}
+	r.table.Store(t)
+	return t
+}
+
+// remove deletes the provider of key and returns it, or nil.
+func (r *registry) remove(key providerKey) *provider {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.table.Load()
+	bp := &t.buckets[r.hash(key.tenant, key.provider)&t.mask]
+	old := bp.Load()
+	if old == nil {
+		return nil
+	}
+	for i, p := range *old {
+		if p.key == key {
+			nb := make([]*provider, 0, len(*old)-1)
+			nb = append(nb, (*old)[:i]...)
+			nb = append(nb, (*old)[i+1:]...)
+			if len(nb) == 0 {
+				bp.Store(nil)
+			} else {
+				bp.Store(&nb)
+			}
+			r.n--
+			return p
+		}
+	}
+	return nil
+}
+
+// clear removes every provider and returns them.
+func (r *registry) clear() []*provider {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	all := r.all()
+	r.table.Store(newRegTable(64))
+	r.n = 0
+	return all
+}
+
+// all returns every provider, in no particular order.
+func (r *registry) all() []*provider {
+	t := r.table.Load()
+	var out []*provider
+	for i := range t.buckets {
+		if b := t.buckets[i].Load(); b != nil {
+			out = append(out, *b...)
+		}
+	}
+	return out
+}

@@ -1,0 +1,47 @@
+package jwkscache
+
+import "time"
+
+// Snapshot sources.
+const (
+	sourceNetwork = "network"
+	sourceStore   = "store"
+)
+
+// snapshot is what a provider serves: a parsed key set with the raw
+// document and the times that govern it. It is immutable: a refresh
+// publishes a new snapshot, and readers that loaded the old one keep a
+// consistent view. A 304 or an identical body produces a new snapshot that
+// shares keys and raw with the old one, so the key set keeps its identity.
+//
+// All times are absolute, so a snapshot saved and restored later keeps its
+// remaining lifetime rather than gaining a fresh TTL.
+type snapshot struct {
+	keys       *keySet
+	raw        []byte   // the JWKS as served (after decompression)
+	hash       [32]byte // SHA-256 of raw
+	url        string   // the JWKS URL it was fetched from
+	validators validators
+	fetchedAt  time.Time // last successful exchange (200 or 304)
+	expiresAt  time.Time // end of freshness
+	staleUntil time.Time // end of the stale-while-error window
+	ttlSource  string    // how the TTL was derived: max-age, no-cache, expires, default, ...
+	source     string    // sourceNetwork or sourceStore
+}
+
+// renewed returns a copy of s with the freshness of a new exchange that
+// confirmed its content.
+func (s *snapshot) renewed(val validators, fresh freshness, at time.Time, stale time.Duration) *snapshot {
+	n := *s
+	n.validators = val
+	n.setTimes(fresh, at, stale)
+	n.source = sourceNetwork
+	return &n
+}
+
+func (s *snapshot) setTimes(fresh freshness, at time.Time, stale time.Duration) {
+	s.fetchedAt = at
+	s.expiresAt = at.Add(fresh.TTL)
+	s.staleUntil = s.expiresAt.Add(stale)
+	s.ttlSource = fresh.Source
+}

@@ -1,0 +1,107 @@
+package jwkscache
+
+import (
+	"cmp"
+	"slices"
+	"time"
+)
+
+// ProviderStatus is a point-in-time view of one provider. It is a value:
+// later changes do not show in it.
+type ProviderStatus struct {
+	TenantID   string `json:"tenantId"`
+	ProviderID string `json:"providerId"`
+	JWKSURL    string `json:"jwksUrl"` // the URL keys come from (discovered when Issuer-only)
+	Issuer     string `json:"issuer,omitempty"`
+	State      State  `json:"state"`
+	// Stale is true while keys are served past their expiry because
+	// refreshes fail (stale-while-error).
+	Stale bool `json:"stale"`
+	// ErrorCount counts consecutive failed fetches; 0 after a success.
+	ErrorCount int `json:"errorCount"`
+	// LastError is the last fetch error, "" when the last fetch succeeded.
+	LastError string `json:"lastError"`
+	// LastErrorClass is the ErrorClass of LastError, "" when none.
+	LastErrorClass string       `json:"lastErrorClass"`
+	LastRefresh    time.Time    `json:"lastRefresh"` // last successful exchange (200 or 304); zero if none
+	NextRefresh    time.Time    `json:"nextRefresh"` // when the next background fetch is scheduled
+	ExpiresAt      time.Time    `json:"expiresAt"`   // end of freshness of the keys served; zero if none
+	StaleUntil     time.Time    `json:"staleUntil"`  // end of the stale-while-error window; zero if none
+	TTLSource      string       `json:"ttlSource,omitempty"`
+	ETag           string       `json:"etag,omitempty"`
+	LastModified   string       `json:"lastModified,omitempty"`
+	Keys           []KeyInfo    `json:"keys"`
+	SkippedKeys    []SkippedKey `json:"skippedKeys"`
+	DeniedKIDs     []string     `json:"deniedKids,omitempty"`
+	// Hits and Misses count lookups answered from memory and not.
+	Hits   uint64 `json:"hits"`
+	Misses uint64 `json:"misses"`
+}
+
+// Status returns the status of one provider.
+func (m *Manager) Status(tenant, providerID string) (ProviderStatus, error) {
+	p, err := m.provider(tenant, providerID)
+	if err != nil {
+		return ProviderStatus{}, err
+	}
+	return p.status(), nil
+}
+
+// Statuses returns the status of every provider, sorted by tenant, then
+// provider. It is empty after Close.
+func (m *Manager) Statuses() []ProviderStatus {
+	ps := m.reg.all()
+	out := make([]ProviderStatus, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, p.status())
+	}
+	slices.SortFunc(out, func(a, b ProviderStatus) int {
+		return cmp.Or(cmp.Compare(a.TenantID, b.TenantID), cmp.Compare(a.ProviderID, b.ProviderID))
+	})
+	return out
+}
+
+func (p *provider) status() ProviderStatus {
+	now := time.Now()
+	p.mu.Lock()
+	reg := p.reg()
+	st := ProviderStatus{
+		TenantID:    p.key.tenant,
+		ProviderID:  p.key.provider,
+		JWKSURL:     p.jwksURL,
+		Issuer:      reg.Issuer,
+		State:       p.state,
+		ErrorCount:  p.errorCount,
+		NextRefresh: p.nextRefresh,
+	}
+	if p.lastErr != nil {
+		st.LastError = p.lastErr.Error()
+		st.LastErrorClass = string(errorClass(p.lastErr))
+	}
+	s := p.snap.Load()
+	p.mu.Unlock()
+	if st.JWKSURL == "" && reg.usesDiscovery() {
+		st.JWKSURL = reg.discoveryURL()
+	}
+	st.Keys = []KeyInfo{}
+	st.SkippedKeys = []SkippedKey{}
+	if s != nil {
+		st.Stale = !now.Before(s.expiresAt)
+		st.LastRefresh = s.fetchedAt
+		st.ExpiresAt = s.expiresAt
+		st.StaleUntil = s.staleUntil
+		st.TTLSource = s.ttlSource
+		st.ETag = s.validators.ETag
+		st.LastModified = s.validators.LastModified
+		for _, k := range s.keys.keys {
+			info := k.info
+			info.Algs = k.algs.names()
+			st.Keys = append(st.Keys, info)
+		}
+		st.SkippedKeys = append(st.SkippedKeys, s.keys.skipped...)
+	}
+	st.DeniedKIDs = p.deniedKIDs()
+	st.Hits = p.m.hits.load(p.slot)
+	st.Misses = p.misses.Load()
+	return st
+}
