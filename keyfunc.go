@@ -35,11 +35,16 @@ func (m *Manager) Keyfunc(tenant, providerID string) jwt.Keyfunc {
 		if v, ok := t.Header["kid"]; ok {
 			s, ok := v.(string)
 			if !ok {
-				return nil, fmt.Errorf("jwkscache: %s/%s: token kid header is not a string", tenant, providerID)
+				return nil, fmt.Errorf("jwkscache: %s/%s: %w: token kid header is not a string", tenant, providerID, ErrKeyNotFound)
 			}
 			kid = s
 		}
 		alg, _ := t.Header["alg"].(string)
+		if algBit(alg) == 0 {
+			// HMAC, "none" or unknown: no key of ours may verify it, and
+			// an unknown kid with it must not spend the refresh budget.
+			return nil, fmt.Errorf("jwkscache: %s/%s: %w: unsupported algorithm %q", tenant, providerID, ErrKeyNotFound, alg)
+		}
 		reg := p.reg()
 		if reg.Issuer != "" {
 			iss, err := t.Claims.GetIssuer()

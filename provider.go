@@ -53,6 +53,7 @@ type provider struct {
 	mu          sync.Mutex // guards the fields below
 	gen         uint64     // bumped by every Register of this pair
 	removed     bool
+	inflight    bool // a fetch is running; its apply reschedules p
 	state       State
 	errorCount  int
 	lastErr     error
@@ -148,6 +149,7 @@ func (p *provider) doRefresh(ctx context.Context) error {
 	}
 	reg := p.reg()
 	gen := p.gen
+	p.inflight = true
 	snap := p.snap.Load()
 	var evs []Event
 	if snap == nil {
@@ -197,8 +199,17 @@ func (p *provider) apply(gen, seq uint64, reg *Registration, url string, disc *d
 	now := time.Now()
 	var evs []Event
 	p.mu.Lock()
-	if p.removed || p.gen != gen {
+	p.inflight = false
+	if p.removed {
 		p.mu.Unlock()
+		return ferr
+	}
+	if p.gen != gen {
+		// Registered anew while this fetch ran: its result is void, and
+		// the new registration's refresh is due.
+		due := p.nextDueLocked()
+		p.mu.Unlock()
+		m.sched.schedule(p, due)
 		return ferr
 	}
 	old := p.snap.Load()
@@ -318,6 +329,13 @@ func (p *provider) tick() {
 		if p.nextRefresh.After(now) && p.errorCount == 0 {
 			p.nextRefresh = now
 		}
+	}
+	if p.inflight {
+		// A fetch (a caller's, or a manual refresh) is running; when it
+		// ends it schedules the next visit.
+		p.mu.Unlock()
+		p.m.emit(evs)
+		return
 	}
 	refresh := !now.Before(p.nextRefresh)
 	due := p.nextDueLocked()
