@@ -2,9 +2,14 @@ package jwkscache
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -298,6 +303,7 @@ func (m *Manager) keySlow(ctx context.Context, p *provider, kid, op string, find
 		rejoined bool   // a second refresh was awaited
 	)
 	for pass := 0; ; pass++ {
+		seen := p.applied.Load()
 		s := p.snap.Load()
 		if s != nil {
 			k, err := find(s.keys)
@@ -344,7 +350,7 @@ func (m *Manager) keySlow(ctx context.Context, p *provider, kid, op string, find
 			}
 		}
 		seq, fetchErr = p.fetchSeq.Load(), nil
-		if err := p.await(ctx); err != nil {
+		if err := p.await(ctx, seen); err != nil {
 			if errors.Is(err, ErrClosed) || ctx.Err() != nil {
 				return fail(err)
 			}
@@ -381,12 +387,13 @@ func (m *Manager) Resolve(ctx context.Context, tenant, providerID string) (*jose
 	if err != nil {
 		return nil, err
 	}
+	seen := p.applied.Load()
 	s := p.snap.Load()
 	if s == nil {
 		if err := p.recentFailure(); err != nil {
 			return nil, &ProviderError{TenantID: tenant, ProviderID: providerID, URL: p.urlForError(), Op: "resolve", Err: &noKeysError{cause: err}}
 		}
-		err := p.await(ctx)
+		err := p.await(ctx, seen)
 		if s = p.snap.Load(); s == nil {
 			if err == nil {
 				err = p.lastError()
@@ -397,7 +404,7 @@ func (m *Manager) Resolve(ctx context.Context, tenant, providerID string) (*jose
 	set := &jose.JSONWebKeySet{Keys: make([]jose.JSONWebKey, 0, len(s.keys.keys))}
 	for _, k := range s.keys.keys {
 		if !p.isDenied(k.info.KID) {
-			set.Keys = append(set.Keys, k.jwk)
+			set.Keys = append(set.Keys, cloneJWK(k.jwk))
 		}
 	}
 	return set, nil
@@ -411,7 +418,7 @@ func (m *Manager) Refresh(ctx context.Context, tenant, providerID string) error 
 	if err != nil {
 		return err
 	}
-	if err := p.await(ctx); err != nil {
+	if err := p.await(ctx, anyFetch); err != nil {
 		return &ProviderError{TenantID: tenant, ProviderID: providerID, URL: p.urlForError(), Op: "refresh", Err: err}
 	}
 	return nil
@@ -437,4 +444,23 @@ func (m *Manager) AllowKey(tenant, providerID, kid string) error {
 	}
 	p.setDenied(kid, false)
 	return nil
+}
+
+// cloneJWK returns a copy of k that shares no memory with the cache, so
+// that a caller of Resolve may modify its set freely.
+func cloneJWK(k jose.JSONWebKey) jose.JSONWebKey {
+	switch pub := k.Key.(type) {
+	case *rsa.PublicKey:
+		k.Key = &rsa.PublicKey{N: new(big.Int).Set(pub.N), E: pub.E}
+	case *ecdsa.PublicKey:
+		c := *pub
+		c.X, c.Y = new(big.Int).Set(pub.X), new(big.Int).Set(pub.Y)
+		k.Key = &c
+	case ed25519.PublicKey:
+		k.Key = slices.Clone(pub)
+	}
+	k.Certificates = slices.Clone(k.Certificates)
+	k.CertificateThumbprintSHA1 = slices.Clone(k.CertificateThumbprintSHA1)
+	k.CertificateThumbprintSHA256 = slices.Clone(k.CertificateThumbprintSHA256)
+	return k
 }

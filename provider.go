@@ -3,6 +3,7 @@ package jwkscache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
@@ -39,6 +40,10 @@ type provider struct {
 	// sequence number keeps a re-registered pair from joining the fetch of
 	// its removed predecessor.
 	flightKey string
+	// applied counts the fetch outcomes applied, bumped after the snapshot
+	// is stored: a caller that read it before deciding to fetch can tell
+	// that a fetch has completed since, and take that outcome instead.
+	applied atomic.Uint64
 	// fetchSeq numbers fetches as they start; okSeq is the number of the
 	// latest successful one. An unknown kid is negative-cached only when a
 	// fetch begun after the miss succeeded without it.
@@ -108,11 +113,17 @@ func (p *provider) nextDueLocked() time.Time {
 	return due
 }
 
+// anyFetch, as the seen argument of await, asks for a fetch even if one
+// completed since the caller last looked (manual Refresh).
+const anyFetch = ^uint64(0)
+
 // await joins (or starts) the provider's shared fetch and waits for it
 // under ctx. The fetch itself runs on the Manager's context, so a caller
-// that gives up does not cancel it for the others.
-func (p *provider) await(ctx context.Context) error {
-	ch := p.m.flights.DoChan(p.flightKey, p.flightFn)
+// that gives up does not cancel it for the others. seen is p.applied as the
+// caller read it before deciding to fetch: if a fetch has completed since,
+// its outcome is the answer and no new fetch starts.
+func (p *provider) await(ctx context.Context, seen uint64) error {
+	ch := p.m.flights.DoChan(p.flightKey, func() (any, error) { return p.flightFn(seen) })
 	select {
 	case r := <-ch:
 		return r.Err
@@ -124,17 +135,39 @@ func (p *provider) await(ctx context.Context) error {
 }
 
 // refreshNow runs (or joins) the shared fetch in the calling goroutine.
-func (p *provider) refreshNow() error {
-	_, err, _ := p.m.flights.Do(p.flightKey, p.flightFn)
+func (p *provider) refreshNow(seen uint64) error {
+	_, err, _ := p.m.flights.Do(p.flightKey, func() (any, error) { return p.flightFn(seen) })
 	return err
 }
 
-func (p *provider) flightFn() (any, error) {
+// errSuperseded is the outcome of a fetch started under a registration
+// that Register has replaced since; the flight then fetches again for the
+// current registration, so its callers never see it.
+var errSuperseded = errors.New("jwkscache: registration changed during the fetch")
+
+func (p *provider) flightFn(seen uint64) (_ any, err error) {
 	if !p.m.enter() {
 		return nil, ErrClosed
 	}
 	defer p.m.leave()
-	return nil, p.doRefresh(p.m.ctx)
+	// A panic here (in OnEvent or a Logger handler, both user code) would
+	// be re-raised by singleflight where nothing can recover it.
+	defer func() {
+		if r := recover(); r != nil {
+			p.m.panics.Add(1)
+			p.m.log.LogAttrs(context.Background(), slog.LevelError, "jwkscache: panic during a fetch",
+				slog.String("tenant", p.key.tenant), slog.String("provider", p.key.provider), slog.String("panic", fmt.Sprint(r)))
+			err = fmt.Errorf("jwkscache: %s/%s: panic during a fetch: %v", p.key.tenant, p.key.provider, r)
+		}
+	}()
+	if seen != anyFetch && p.applied.Load() != seen {
+		return nil, p.lastError() // a fetch completed since the caller looked
+	}
+	for {
+		if err := p.doRefresh(p.m.ctx); !errors.Is(err, errSuperseded) {
+			return nil, err
+		}
+	}
 }
 
 // doRefresh performs one fetch (with OIDC discovery first when due) and
@@ -192,8 +225,9 @@ func (p *provider) doRefresh(ctx context.Context) error {
 }
 
 // apply records the outcome of a fetch started under registration
-// generation gen. A result for an older generation is dropped: the new
-// registration has its own fetch scheduled.
+// generation gen. A result for an older generation is dropped and reported
+// as errSuperseded, so that the flight fetches again for the new one; a
+// result for a removed provider is reported as ErrNotRegistered.
 func (p *provider) apply(gen, seq uint64, reg *Registration, url string, disc *discoveryResult, res *keysResult, ferr error, took time.Duration) error {
 	m := p.m
 	now := time.Now()
@@ -202,15 +236,14 @@ func (p *provider) apply(gen, seq uint64, reg *Registration, url string, disc *d
 	p.inflight = false
 	if p.removed {
 		p.mu.Unlock()
-		return ferr
+		return ErrNotRegistered
 	}
 	if p.gen != gen {
-		// Registered anew while this fetch ran: its result is void, and
-		// the new registration's refresh is due.
-		due := p.nextDueLocked()
+		// Registered anew while this fetch ran: its result is void. The
+		// flight fetches again for the new registration (errSuperseded),
+		// so its callers get the answer of the current source.
 		p.mu.Unlock()
-		m.sched.schedule(p, due)
-		return ferr
+		return errSuperseded
 	}
 	old := p.snap.Load()
 	if ferr == nil {
@@ -263,6 +296,7 @@ func (p *provider) apply(gen, seq uint64, reg *Registration, url string, disc *d
 	}
 	due := p.nextDueLocked()
 	errCount := p.errorCount
+	p.applied.Add(1)
 	p.mu.Unlock()
 
 	m.sched.schedule(p, due)
@@ -339,10 +373,11 @@ func (p *provider) tick() {
 	}
 	refresh := !now.Before(p.nextRefresh)
 	due := p.nextDueLocked()
+	seen := p.applied.Load()
 	p.mu.Unlock()
 	p.m.emit(evs)
 	if refresh {
-		_ = p.refreshNow() // apply reschedules
+		_ = p.refreshNow(seen) // apply reschedules
 		p.mu.Lock()
 		due = p.nextDueLocked()
 		removed := p.removed
