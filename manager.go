@@ -270,15 +270,25 @@ func (m *Manager) Unregister(ctx context.Context, tenant, providerID string) err
 // that names keys of several algorithm families is ambiguous here: use
 // Keyfunc, which tells them apart by the token's alg.
 func (m *Manager) Key(ctx context.Context, tenant, providerID, kid string) (jose.JSONWebKey, error) {
+	if p := m.reg.get(tenant, providerID); p != nil {
+		if s := p.snap.Load(); s != nil {
+			if k := s.keys.find(kid); k != nil && !p.isDenied(kid) {
+				m.hits.inc(p.slot)
+				return k.jwk, nil
+			}
+		}
+	}
+	return m.keyMiss(ctx, tenant, providerID, kid)
+}
+
+// keyMiss is Key after the fast path failed. It is a function of its own so
+// that the fast path keeps a small frame.
+//
+//go:noinline
+func (m *Manager) keyMiss(ctx context.Context, tenant, providerID, kid string) (jose.JSONWebKey, error) {
 	p := m.reg.get(tenant, providerID)
 	if p == nil {
 		return jose.JSONWebKey{}, m.notRegistered(tenant, providerID)
-	}
-	if s := p.snap.Load(); s != nil && !p.isDenied(kid) {
-		if k := s.keys.find(kid); k != nil {
-			m.hits.inc(p.slot)
-			return k.jwk, nil
-		}
 	}
 	k, err := m.keySlow(ctx, p, kid, "key", func(ks *keySet) (*typedKey, error) { return ks.lookup(kid) })
 	if err != nil {
