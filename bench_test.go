@@ -121,7 +121,6 @@ func benchWarmup(b *testing.B, n int, useTLS bool) {
 		opts = Options{
 			RootCAs:          idp.CertPool(),
 			AllowedAddresses: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
-			RefreshWorkers:   2,
 		}
 	}
 	ready := make(chan struct{}, n)
