@@ -8,9 +8,9 @@ import (
 
 // hitCounter counts cache hits per provider without contention: every
 // provider has a slot in each of hitStripes arrays, and an increment picks
-// a stripe at random (the runtime's per-thread generator, no lock), so two
-// cores rarely write the same cache line. Reading sums the stripes. It costs
-// 8 bytes per stripe per provider.
+// a stripe from the goroutine's stack address (see inc), so two cores
+// rarely write the same cache line. Reading sums the stripes. It costs 8
+// bytes per stripe per provider.
 //
 // A single atomic per provider would be simpler, but on the lookup path two
 // cores serving one busy provider would bounce its cache line on every

@@ -24,8 +24,11 @@
 // RefreshEarly before expiry and 80% of the lifetime, minus a random
 // jitter), revalidating with If-None-Match and If-Modified-Since. When
 // refreshes fail, expired keys keep serving for StaleWhileError while the
-// scheduler retries with exponential backoff (1 s to 5 min); a response
-// that is not a valid key set never replaces good keys.
+// scheduler retries with exponential backoff and jitter (1 s up to 5 min);
+// a response that is not a valid key set never replaces good keys. Keys
+// whose stale window has run out are withdrawn on time, and failing
+// providers may hold at most half the refresh workers, so an outage of one
+// IdP cannot starve the refreshes of others.
 //
 // A lookup of an unknown kid triggers one refresh shared by every caller,
 // limited per provider by a token bucket (burst 2, one token per
@@ -36,7 +39,8 @@
 //
 // Fetches use https only (unless both Options.AllowHTTP and
 // Registration.AllowHTTP are set), check the host against the allowlists on
-// every redirect hop, refuse userinfo and IP-literal hosts, and dial only
+// every redirect hop, refuse userinfo and IP-literal hosts (unless within
+// Options.AllowedAddresses), and dial only
 // public addresses: after DNS resolution the dialer refuses loopback,
 // private (RFC 1918), carrier-grade NAT, link-local (including the cloud
 // metadata address 169.254.169.254), unique-local, IPv4-mapped, multicast,
@@ -45,9 +49,10 @@
 // MaxResponseBytes as received and after decompression. Proxy environment
 // variables are ignored. Keys are typed: a key verifies only algorithms of
 // its own family (and only its alg when the JWK names one); symmetric keys,
-// keys with private members, encryption keys and RSA keys outside 2048-8192
-// bits are skipped, with the reason shown in ProviderStatus. Token headers
-// jku, x5u, jwk and x5c are never followed.
+// keys with private members, encryption keys and RSA keys outside 2048-4096
+// bits (go-jose's own limit) are skipped, with the reason shown in
+// ProviderStatus. Token headers jku, x5u, jwk and x5c are never followed.
+// See docs/security.md for the whole model.
 //
 // # Concurrency
 //

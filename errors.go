@@ -8,8 +8,9 @@ import (
 	"time"
 )
 
-// Sentinel errors. Every error returned by this package wraps at least one of
-// them, so callers match with errors.Is and never compare strings.
+// Sentinel errors. Errors about registrations, providers, keys and fetches
+// wrap at least one of them, so callers match with errors.Is and never
+// compare strings; a caller's own context error is returned as it is.
 var (
 	// ErrNotRegistered reports a (tenant, provider) pair that is not registered.
 	ErrNotRegistered = errors.New("jwkscache: provider not registered")

@@ -99,13 +99,7 @@ func (f *fetcher) policyFor(reg *Registration) urlPolicy {
 // validators it makes a conditional request; a 304 answer returns
 // NotModified. Errors are *FetchError.
 func (f *fetcher) fetchKeys(ctx context.Context, reg *Registration, rawURL string, val validators) (*keysResult, error) {
-	res, err := f.fetch(ctx, reg, rawURL, val, func(body []byte) (any, error) {
-		ks, err := parseKeySet(body)
-		if err != nil {
-			return ks, err
-		}
-		return ks, nil
-	})
+	res, err := f.fetch(ctx, reg, rawURL, val, func(body []byte) (any, error) { return parseKeySet(body) })
 	if err != nil {
 		return nil, err
 	}
@@ -294,7 +288,10 @@ func (f *fetcher) attempt(ctx context.Context, reg *Registration, rawURL string,
 	}
 	defer resp.Body.Close()
 	finalURL := resp.Request.URL.String()
-	if len(pins) > 0 && f.custom != nil {
+	// The built-in transport checks pins during the handshake; a caller's
+	// transport is checked here, and so is a response that did not come
+	// over TLS at all (an http URL or redirect), where no pin can match.
+	if len(pins) > 0 && (f.custom != nil || resp.TLS == nil) {
 		if err := checkPinsOnResponse(resp.TLS, pins); err != nil {
 			return nil, fail(finalURL, ClassPin, 0, err)
 		}
@@ -568,6 +565,12 @@ var blockedRanges = func() []struct {
 		{"::1/128", "loopback"},
 		{"::ffff:0:0/96", "IPv4-mapped IPv6"},
 		{"64:ff9b::/96", "NAT64"},
+		{"2001::/32", "Teredo (tunnels to IPv4)"},
+		{"2002::/16", "6to4 (tunnels to IPv4)"},
+		{"2001:db8::/32", "documentation"},
+		{"192.0.2.0/24", "documentation"},
+		{"198.51.100.0/24", "documentation"},
+		{"203.0.113.0/24", "documentation"},
 		{"fc00::/7", "unique local (ULA)"},
 		{"fe80::/10", "link-local"},
 		{"ff00::/8", "multicast"},

@@ -46,14 +46,22 @@ func (m *Manager) Keyfunc(tenant, providerID string) jwt.Keyfunc {
 			return nil, fmt.Errorf("jwkscache: %s/%s: %w: unsupported algorithm %q", tenant, providerID, ErrKeyNotFound, alg)
 		}
 		reg := p.reg()
-		if reg.Issuer != "" {
+		// The issuer binding travels with the keys: while a provider
+		// switches to a new source, its old keys still answer only for
+		// the old issuer.
+		s := p.snap.Load()
+		issuer := reg.Issuer
+		if s != nil {
+			issuer = s.issuer
+		}
+		if issuer != "" {
 			iss, err := t.Claims.GetIssuer()
-			if err != nil || iss != reg.Issuer {
+			if err != nil || iss != issuer {
 				return nil, fmt.Errorf("jwkscache: %s/%s: %w: token issuer does not match the registered issuer %q",
-					tenant, providerID, jwt.ErrTokenInvalidIssuer, reg.Issuer)
+					tenant, providerID, jwt.ErrTokenInvalidIssuer, issuer)
 			}
 		}
-		if s := p.snap.Load(); s != nil && !p.isDenied(kid) {
+		if s != nil && !p.isDenied(kid) {
 			if k, err := s.keys.lookupAlg(kid, alg); err == nil && !p.isDenied(k.jwk.KeyID) {
 				m.hits.inc(p.slot)
 				return k.jwk.Key, nil

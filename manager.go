@@ -85,7 +85,7 @@ func New(opts Options) (*Manager, error) {
 	}
 	m.kidLimiter.rate = float64(opts.MaxUnknownKIDRefreshes)
 	m.ctx, m.cancel = context.WithCancel(context.Background())
-	m.sched = newScheduler(m)
+	m.sched = newScheduler(m, opts.RefreshWorkers)
 	m.wg.Add(1 + opts.RefreshWorkers)
 	go func() {
 		defer m.wg.Done()
@@ -147,14 +147,27 @@ func (m *Manager) Close() error {
 	}
 }
 
-// emit delivers events to Options.OnEvent.
+// emit delivers events to Options.OnEvent. A panic in the callback is
+// recovered and counted: user code never unwinds the engine.
 func (m *Manager) emit(evs []Event) {
 	if m.opts.OnEvent == nil {
 		return
 	}
 	for _, ev := range evs {
-		m.opts.OnEvent(ev)
+		m.emitOne(ev)
 	}
+}
+
+func (m *Manager) emitOne(ev Event) {
+	defer func() {
+		if r := recover(); r != nil {
+			m.panics.Add(1)
+			m.log.LogAttrs(context.Background(), slog.LevelError, "jwkscache: panic in OnEvent",
+				slog.String("tenant", ev.TenantID), slog.String("provider", ev.ProviderID),
+				slog.String("event", string(ev.Kind)), slog.String("panic", fmt.Sprint(r)))
+		}
+	}()
+	m.opts.OnEvent(ev)
 }
 
 // provider returns the registered provider or the error to return.
@@ -175,8 +188,15 @@ func (m *Manager) notRegistered(tenant, providerID string) error {
 // Register adds a provider, or updates the registration of one already
 // registered. The registration is validated against its own rules and the
 // Manager's Options first; on error nothing changes. A new provider starts
-// loading in the background at once. An update that changes where keys come
-// from keeps serving the old keys until the new source has loaded.
+// loading in the background at once.
+//
+// An update that changes where or how keys are fetched (URL, issuer for
+// discovery, pins, allowlists, AllowHTTP, MaxRedirects, MaxResponseBytes)
+// loads the new source at once and keeps serving the old keys until it has
+// loaded, but no longer than their freshness: they are not served stale,
+// and tokens verified with them keep the issuer they were registered with.
+// Other updates take effect at the next fetch; a new Issuer applies to
+// tokens at once.
 //
 // Register does not wait for the keys; a lookup waits for the first load.
 func (m *Manager) Register(ctx context.Context, reg Registration) error {
@@ -193,20 +213,31 @@ func (m *Manager) Register(ctx context.Context, reg Registration) error {
 	now := time.Now()
 	m.reg.mu.Lock() // serialises Register and Unregister of every pair
 	defer m.reg.mu.Unlock()
-	if p := m.reg.getLocked(r.TenantID, r.ProviderID); p != nil {
+	if p := m.reg.get(r.TenantID, r.ProviderID); p != nil {
 		p.mu.Lock()
+		defer p.mu.Unlock()
 		old := p.reg()
 		p.cfg.Store(&r)
-		p.gen++
-		if sourceChanged(old, &r) {
+		s := p.snap.Load()
+		switch {
+		case sourceChanged(old, &r):
+			p.gen++ // a fetch in flight from the old source is void
 			p.jwksURL = r.JWKSURL
 			p.disc = nil
 			p.nextRefresh = now
 			p.errorCount = 0
+			p.lastErr = nil
+			if s != nil && s.staleUntil.After(s.expiresAt) {
+				ns := *s
+				ns.staleUntil = ns.expiresAt
+				p.snap.Store(&ns)
+			}
+		case s != nil && s.issuer != r.Issuer:
+			ns := *s
+			ns.issuer = r.Issuer
+			p.snap.Store(&ns)
 		}
-		due := p.nextDueLocked()
-		p.mu.Unlock()
-		m.sched.schedule(p, due)
+		m.sched.schedule(p, p.nextDueLocked())
 		return nil
 	}
 	if m.closed.Load() {
@@ -216,29 +247,20 @@ func (m *Manager) Register(ctx context.Context, reg Registration) error {
 		flightKey: r.TenantID + "/" + r.ProviderID + "#" + strconv.FormatUint(m.seq.Add(1), 10)}
 	p.cfg.Store(&r)
 	m.reg.addLocked(p)
+	p.mu.Lock()
 	m.sched.schedule(p, now)
+	p.mu.Unlock()
 	return nil
 }
 
 // sourceChanged reports whether an update changes where or how keys are
 // fetched, so the current keys must be replaced by a new load.
 func sourceChanged(a, b *Registration) bool {
-	return a.JWKSURL != b.JWKSURL || a.Issuer != b.Issuer && b.JWKSURL == "" ||
-		a.AllowHTTP != b.AllowHTTP || !equalStrings(a.AllowedDomains, b.AllowedDomains) ||
-		!equalStrings(a.PinnedSPKI, b.PinnedSPKI) || a.MaxResponseBytes != b.MaxResponseBytes ||
-		a.MaxRedirects != b.MaxRedirects || a.MinTTL != b.MinTTL || a.MaxTTL != b.MaxTTL
-}
-
-func equalStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
+	return a.JWKSURL != b.JWKSURL || a.usesDiscovery() != b.usesDiscovery() ||
+		b.usesDiscovery() && a.Issuer != b.Issuer ||
+		a.AllowHTTP != b.AllowHTTP || !slices.Equal(a.AllowedDomains, b.AllowedDomains) ||
+		!slices.Equal(a.PinnedSPKI, b.PinnedSPKI) || a.MaxResponseBytes != b.MaxResponseBytes ||
+		a.MaxRedirects != b.MaxRedirects
 }
 
 // Unregister removes a provider. Its keys stop being served at once and a
@@ -253,9 +275,11 @@ func (m *Manager) Unregister(ctx context.Context, tenant, providerID string) err
 	}
 	p.mu.Lock()
 	p.removed = true
-	p.mu.Unlock()
 	m.sched.remove(p)
 	p.snap.Store(nil)
+	p.mu.Unlock()
+	// A reader that found p just before may still count a hit in the slot;
+	// alloc zeroes it again before it serves another pair.
 	m.hits.release(p.slot)
 	return nil
 }
@@ -269,6 +293,10 @@ func (m *Manager) Unregister(ctx context.Context, tenant, providerID string) err
 // An empty kid matches the set's only key, if it has exactly one. A kid
 // that names keys of several algorithm families is ambiguous here: use
 // Keyfunc, which tells them apart by the token's alg.
+//
+// The returned key shares its public key value (and certificates) with the
+// cache, so that the lookup allocates nothing: treat it as read-only.
+// Resolve returns copies.
 func (m *Manager) Key(ctx context.Context, tenant, providerID, kid string) (jose.JSONWebKey, error) {
 	if p := m.reg.get(tenant, providerID); p != nil {
 		if s := p.snap.Load(); s != nil {
@@ -328,6 +356,11 @@ func (m *Manager) keySlow(ctx context.Context, p *provider, kid, op string, find
 			p.misses.Add(1)
 			missing := !s.keys.has(kid)
 			switch {
+			case pass == 0 && missing && len(kid) > maxKIDLen:
+				// Kids come from token headers: an oversized one is refused
+				// before it can spend the refresh budget or fill the
+				// negative cache.
+				return fail(fmt.Errorf("%w: kid of %d bytes (at most %d)", ErrKeyNotFound, len(kid), maxKIDLen))
 			case pass == 0 && missing && kid != "":
 				if why := p.allowKIDRefresh(kid); why != "" {
 					return fail(fmt.Errorf("kid %q: %w (%s)", kid, ErrKeyNotFound, why))
@@ -417,18 +450,26 @@ func (m *Manager) Resolve(ctx context.Context, tenant, providerID string) (*jose
 			set.Keys = append(set.Keys, cloneJWK(k.jwk))
 		}
 	}
+	if len(set.Keys) == 0 {
+		return nil, &ProviderError{TenantID: tenant, ProviderID: providerID, URL: s.url, Op: "resolve",
+			Err: fmt.Errorf("%w: every key is denied", ErrNoKeys)}
+	}
 	return set, nil
 }
 
 // Refresh fetches the provider's keys now, conditionally (with its
 // validators), even when they are fresh, and returns the fetch's error. A
-// refresh already in flight is joined rather than repeated.
+// fetch already in flight is joined rather than repeated.
 func (m *Manager) Refresh(ctx context.Context, tenant, providerID string) error {
 	p, err := m.provider(tenant, providerID)
 	if err != nil {
 		return err
 	}
-	if err := p.await(ctx, anyFetch); err != nil {
+	err = p.await(ctx, anyFetch)
+	if errors.Is(err, ErrNotRegistered) {
+		return m.notRegistered(tenant, providerID)
+	}
+	if err != nil {
 		return &ProviderError{TenantID: tenant, ProviderID: providerID, URL: p.urlForError(), Op: "refresh", Err: err}
 	}
 	return nil

@@ -72,8 +72,7 @@ func mtRegister(t *testing.T, m *Manager, tenant, provider, url string) {
 // provider whose first fetch is over. It must run inside a synctest bubble.
 //
 // Tests that are not about the cold path use it rather than a first Key
-// call: a caller's cold load and the scheduler's first visit may (rarely)
-// cost two fetches, see TestManagerColdLoadSingleFetch.
+// call, so that they start with no load of their own in flight.
 func mtLoad(t *testing.T, m *Manager, tenant, provider, url string) {
 	t.Helper()
 	mtRegister(t, m, tenant, provider, url)

@@ -21,6 +21,9 @@ const (
 	kidBurst = 2
 	// maxNegativeKIDs bounds the per-provider negative cache.
 	maxNegativeKIDs = 256
+	// maxKIDLen bounds the kids that may trigger a refresh or enter the
+	// negative cache; real kids are far shorter.
+	maxKIDLen = 256
 )
 
 // provider is the state of one registered (tenant, provider) pair.
@@ -67,11 +70,14 @@ type provider struct {
 	disc        *discoveryState      // nil unless the registration uses discovery
 	negative    map[string]time.Time // kid -> until; lazily allocated
 	tokens      float64              // unknown-kid bucket
-	tokensAt    int64                // UnixNano of the last bucket update; 0 before the first
+	tokensAt    time.Time            // last bucket update; zero before the first
 
 	// Scheduler fields, guarded by scheduler.mu.
-	due     time.Time
-	heapIdx int
+	due         time.Time
+	heapIdx     int  // position in the timer heap; -1 when not in it
+	queued      bool // waiting in the workers' queue
+	failWaiting bool // in line for a failing slot
+	failGranted bool // handed a failing slot, not yet taken
 }
 
 // discoveryState is what a provider remembers of its discovery document.
@@ -158,6 +164,13 @@ func (p *provider) flightFn(seen uint64) (_ any, err error) {
 			p.m.log.LogAttrs(context.Background(), slog.LevelError, "jwkscache: panic during a fetch",
 				slog.String("tenant", p.key.tenant), slog.String("provider", p.key.provider), slog.String("panic", fmt.Sprint(r)))
 			err = fmt.Errorf("jwkscache: %s/%s: panic during a fetch: %v", p.key.tenant, p.key.provider, r)
+			// The fetch did not finish: nobody else will reschedule p.
+			p.mu.Lock()
+			p.inflight = false
+			if !p.removed {
+				p.m.sched.schedule(p, time.Now().Add(failureBackoffMax))
+			}
+			p.mu.Unlock()
 		}
 	}()
 	if seen != anyFetch && p.applied.Load() != seen {
@@ -203,6 +216,9 @@ func (p *provider) doRefresh(ctx context.Context) error {
 	m.emit(evs)
 
 	start := time.Now()
+	// One Deadline bounds the whole refresh, discovery included.
+	ctx, cancel := context.WithTimeout(ctx, reg.Retry.Deadline)
+	defer cancel()
 	var (
 		disc *discoveryResult
 		err  error
@@ -221,14 +237,15 @@ func (p *provider) doRefresh(ctx context.Context) error {
 		}
 		res, err = m.fetcher.fetchKeys(ctx, reg, url, val)
 	}
-	return p.apply(gen, seq, reg, url, disc, res, err, time.Since(start))
+	return p.apply(gen, seq, reg, url, snap, disc, res, err, time.Since(start))
 }
 
 // apply records the outcome of a fetch started under registration
-// generation gen. A result for an older generation is dropped and reported
-// as errSuperseded, so that the flight fetches again for the new one; a
-// result for a removed provider is reported as ErrNotRegistered.
-func (p *provider) apply(gen, seq uint64, reg *Registration, url string, disc *discoveryResult, res *keysResult, ferr error, took time.Duration) error {
+// generation gen with snapshot base (nil for a first load). A result for an
+// older generation is dropped and reported as errSuperseded, so that the
+// flight fetches again for the new one; a result for a removed provider is
+// reported as ErrNotRegistered.
+func (p *provider) apply(gen, seq uint64, reg *Registration, url string, base *snapshot, disc *discoveryResult, res *keysResult, ferr error, took time.Duration) error {
 	m := p.m
 	now := time.Now()
 	var evs []Event
@@ -245,7 +262,15 @@ func (p *provider) apply(gen, seq uint64, reg *Registration, url string, disc *d
 		p.mu.Unlock()
 		return errSuperseded
 	}
+	// The issuer binding is the registration's as it is now: Register
+	// changes it in place when the source stays the same.
+	issuer := p.reg().Issuer
 	old := p.snap.Load()
+	if old == nil && base != nil && res != nil && res.NotModified {
+		// The stale window ran out while the revalidation was in flight:
+		// the IdP just confirmed the keys we sent validators for.
+		old = base
+	}
 	if ferr == nil {
 		if disc != nil {
 			p.jwksURL = url
@@ -264,7 +289,7 @@ func (p *provider) apply(gen, seq uint64, reg *Registration, url string, disc *d
 			// sent only with a snapshot. Treat it as a protocol error.
 			ferr = &FetchError{TenantID: reg.TenantID, ProviderID: reg.ProviderID, URL: url, Class: ClassStatus, StatusCode: 304, Err: errors.New("304 without a cached copy")}
 		default:
-			ns = &snapshot{keys: res.Keys, raw: res.Body, hash: res.Hash, url: url, validators: res.Validators, source: sourceNetwork}
+			ns = &snapshot{keys: res.Keys, raw: res.Body, hash: res.Hash, url: url, issuer: issuer, validators: res.Validators, source: sourceNetwork}
 			ns.setTimes(res.Fresh, res.FetchedAt, reg.staleWindow())
 			p.refreshUpdated.Add(1)
 			p.negative = nil
@@ -294,12 +319,11 @@ func (p *provider) apply(gen, seq uint64, reg *Registration, url string, disc *d
 		p.nextRefresh = now.Add(failureBackoff(p.errorCount, ferr))
 		evs = append(evs, Event{Kind: EventRefreshFailed, TenantID: reg.TenantID, ProviderID: reg.ProviderID, Time: now, Err: ferr})
 	}
-	due := p.nextDueLocked()
+	m.sched.schedule(p, p.nextDueLocked())
 	errCount := p.errorCount
 	p.applied.Add(1)
 	p.mu.Unlock()
 
-	m.sched.schedule(p, due)
 	m.emit(evs)
 	if ferr != nil {
 		m.log.LogAttrs(context.Background(), slog.LevelWarn, "jwks refresh failed",
@@ -332,12 +356,13 @@ func errorClass(err error) ErrorClass {
 }
 
 // failureBackoff is the delay before the next background attempt after n
-// consecutive failures: exponential from 1s to 5min with equal jitter (so
-// never zero, never a hot loop), and at least the server's Retry-After.
+// consecutive failures: exponential with equal jitter, in [1s, 2s] after
+// the first failure and [2.5min, 5min] at the cap (so never zero, never a
+// hot loop, never lockstep), and at least the server's Retry-After.
 func failureBackoff(n int, err error) time.Duration {
 	d := failureBackoffMax
 	if n < 20 {
-		d = min(failureBackoffMin<<(n-1), failureBackoffMax)
+		d = min(2*failureBackoffMin<<(n-1), failureBackoffMax)
 	}
 	d = d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
 	var fe *FetchError
@@ -347,14 +372,14 @@ func failureBackoff(n int, err error) time.Duration {
 	return d
 }
 
-// tick is the scheduler's visit: it ends the stale window, and refreshes
-// when the refresh is due.
-func (p *provider) tick() {
-	now := time.Now()
+// expire is the scheduler's look at p when it comes due, in the timer
+// goroutine: it withdraws keys whose stale window has run out and reports
+// whether a refresh is due, rescheduling p otherwise. It does no I/O.
+func (p *provider) expire(now time.Time) (refresh bool) {
 	p.mu.Lock()
 	if p.removed {
 		p.mu.Unlock()
-		return
+		return false
 	}
 	var evs []Event
 	if s := p.snap.Load(); s != nil && !now.Before(s.staleUntil) {
@@ -364,29 +389,64 @@ func (p *provider) tick() {
 			p.nextRefresh = now
 		}
 	}
-	if p.inflight {
-		// A fetch (a caller's, or a manual refresh) is running; when it
-		// ends it schedules the next visit.
-		p.mu.Unlock()
-		p.m.emit(evs)
-		return
+	switch {
+	case p.inflight:
+		// The running fetch reschedules p when it ends.
+	case now.Before(p.nextRefresh):
+		p.m.sched.schedule(p, p.nextDueLocked())
+	default:
+		refresh = true
 	}
-	refresh := !now.Before(p.nextRefresh)
-	due := p.nextDueLocked()
-	seen := p.applied.Load()
 	p.mu.Unlock()
 	p.m.emit(evs)
-	if refresh {
-		_ = p.refreshNow(seen) // apply reschedules
-		p.mu.Lock()
-		due = p.nextDueLocked()
-		removed := p.removed
+	return refresh
+}
+
+// tick is a worker's visit: it refreshes p if the refresh is (still) due.
+// A provider whose last fetch failed needs one of the slots for failing
+// providers, or waits in line for one (see scheduler).
+func (p *provider) tick() {
+	sched := p.m.sched
+	held := sched.takeGrant(p)
+	defer func() {
+		if held {
+			sched.releaseFailing()
+		}
+	}()
+	now := time.Now()
+	p.mu.Lock()
+	if p.removed || p.inflight {
 		p.mu.Unlock()
-		if removed {
+		return
+	}
+	if now.Before(p.nextRefresh) {
+		sched.schedule(p, p.nextDueLocked())
+		p.mu.Unlock()
+		return
+	}
+	failing := p.errorCount > 0
+	seen := p.applied.Load()
+	p.mu.Unlock()
+	if failing && !held {
+		if !sched.acquireOrWait(p) {
+			// In line for a slot. Keep the stale window enforced meanwhile.
+			p.mu.Lock()
+			if s := p.snap.Load(); s != nil && !p.removed {
+				sched.schedule(p, s.staleUntil)
+			}
+			p.mu.Unlock()
 			return
 		}
+		held = true
 	}
-	p.m.sched.schedule(p, due)
+	_ = p.refreshNow(seen) // apply reschedules
+	// The flight may have been another caller's that ended before ours
+	// began: make sure p stays scheduled.
+	p.mu.Lock()
+	if !p.removed && !p.inflight {
+		sched.schedule(p, p.nextDueLocked())
+	}
+	p.mu.Unlock()
 }
 
 // allowKIDRefresh decides whether an unknown kid may trigger a refresh:
@@ -406,10 +466,10 @@ func (p *provider) allowKIDRefresh(kid string) string {
 		delete(p.negative, kid)
 	}
 	// Refill the bucket: one token per NegativeCacheTTL, burst kidBurst.
-	if p.tokensAt != 0 {
-		p.tokens = min(kidBurst, p.tokens+float64(now.UnixNano()-p.tokensAt)/float64(reg.NegativeCacheTTL))
+	if !p.tokensAt.IsZero() {
+		p.tokens = min(kidBurst, p.tokens+float64(now.Sub(p.tokensAt))/float64(reg.NegativeCacheTTL))
 	}
-	p.tokensAt = now.UnixNano()
+	p.tokensAt = now
 	if p.tokens < 1 || !p.m.kidLimiter.take(now) {
 		p.mu.Unlock()
 		p.kidRateLimited.Add(1)
@@ -423,11 +483,19 @@ func (p *provider) allowKIDRefresh(kid string) string {
 
 // rememberMissing records that a fresh fetch did not contain kid.
 func (p *provider) rememberMissing(kid string) {
-	until := time.Now().Add(p.reg().NegativeCacheTTL)
+	now := time.Now()
+	until := now.Add(p.reg().NegativeCacheTTL)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.negative == nil {
 		p.negative = make(map[string]time.Time)
+	}
+	if len(p.negative) >= maxNegativeKIDs {
+		for k, t := range p.negative {
+			if !t.After(now) {
+				delete(p.negative, k) // expired
+			}
+		}
 	}
 	if len(p.negative) >= maxNegativeKIDs {
 		// Evict the entry closest to expiry.

@@ -1376,7 +1376,7 @@ func TestRefreshFirstLoadFailure(t *testing.T) {
 					end, next := ts[n*tc.perFetch-1], ts[n*tc.perFetch]
 					gap := next.Sub(end)
 					gaps = append(gaps, gap)
-					d := min(failureBackoffMin<<(n-1), failureBackoffMax)
+					d := min(2*failureBackoffMin<<(n-1), failureBackoffMax)
 					if gap < d/2 || gap > d {
 						t.Errorf("gap after failure %d = %v, want in [%v, %v]", n, gap, d/2, d)
 					}

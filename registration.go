@@ -296,6 +296,8 @@ func (r *Registration) validate(pol urlPolicy) error {
 	}
 	if _, err := decodePins(r.PinnedSPKI); err != nil {
 		bad("pinnedSpki", "%v", err)
+	} else if len(r.PinnedSPKI) > 0 && strings.HasPrefix(strings.ToLower(r.sourceURL()), "http:") {
+		e.Fields = append(e.Fields, FieldError{Field: "pinnedSpki", Message: "pins need https: a plain http fetch has no certificate to check", Security: true})
 	}
 	rp := &r.Retry
 	if rp.MaxRetries > 10 {
@@ -619,6 +621,15 @@ func (r *Registration) UnmarshalJSON(b []byte) error {
 func (r *Registration) pins() [][sha256.Size]byte {
 	p, _ := decodePins(r.PinnedSPKI)
 	return p
+}
+
+// sourceURL is the URL fetches start from: the JWKS URL, or the issuer for
+// discovery.
+func (r *Registration) sourceURL() string {
+	if r.JWKSURL != "" {
+		return r.JWKSURL
+	}
+	return r.Issuer
 }
 
 // usesDiscovery reports whether the JWKS URL comes from OIDC discovery.

@@ -86,9 +86,6 @@ func (r *registry) get(tenant, provider string) *provider {
 	return nil
 }
 
-// getLocked is get for a caller holding mu.
-func (r *registry) getLocked(tenant, provider string) *provider { return r.get(tenant, provider) }
-
 // addLocked inserts p, whose key must not be present. r.mu must be held.
 func (r *registry) addLocked(p *provider) {
 	t := r.table.Load()

@@ -21,6 +21,7 @@ type snapshot struct {
 	raw        []byte   // the JWKS as served (after decompression)
 	hash       [32]byte // SHA-256 of raw
 	url        string   // the JWKS URL it was fetched from
+	issuer     string   // the Issuer tokens verified with these keys must carry ("" = any)
 	validators validators
 	fetchedAt  time.Time // last successful exchange (200 or 304)
 	expiresAt  time.Time // end of freshness
