@@ -29,8 +29,8 @@ const (
 // provider is the state of one registered (tenant, provider) pair.
 //
 // The read path uses only the atomic fields. Everything else is guarded by
-// mu, except due and heapIdx, which belong to the scheduler and are guarded
-// by its mutex.
+// mu, except the scheduler's fields at the end, which its mutex guards. The
+// lock order is p.mu, then scheduler.mu.
 type provider struct {
 	m    *Manager
 	key  providerKey
@@ -52,14 +52,15 @@ type provider struct {
 	// fetch begun after the miss succeeded without it.
 	fetchSeq, okSeq atomic.Uint64
 
-	// Slow-path counters, read by status and metrics.
+	// Slow-path counters: misses shows in Status; the others count the
+	// outcomes the metrics of DESIGN section 8 will export.
 	misses                                  atomic.Uint64
 	kidRefreshed, kidRateLimited, kidNegHit atomic.Uint64
 	refreshUpdated, refreshNotModified      atomic.Uint64
 	refreshErrors                           atomic.Uint64
 
 	mu          sync.Mutex // guards the fields below
-	gen         uint64     // bumped by every Register of this pair
+	gen         uint64     // bumped when Register changes the source: fetches begun before are void
 	removed     bool
 	inflight    bool // a fetch is running; its apply reschedules p
 	state       State

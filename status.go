@@ -11,9 +11,12 @@ import (
 type ProviderStatus struct {
 	TenantID   string `json:"tenantId"`
 	ProviderID string `json:"providerId"`
-	JWKSURL    string `json:"jwksUrl"` // the URL keys come from (discovered when Issuer-only)
-	Issuer     string `json:"issuer,omitempty"`
-	State      State  `json:"state"`
+	// JWKSURL is the URL keys come from: the registered one, or for an
+	// Issuer-only registration the discovered one (the discovery
+	// document's own URL until discovery has succeeded).
+	JWKSURL string `json:"jwksUrl"`
+	Issuer  string `json:"issuer,omitempty"`
+	State   State  `json:"state"`
 	// Stale is true while keys are served past their expiry because
 	// refreshes fail (stale-while-error).
 	Stale bool `json:"stale"`
