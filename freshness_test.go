@@ -39,14 +39,6 @@ func recordedResponses(t testing.TB) map[string]recordedResponse {
 	return m
 }
 
-func mustTime(t testing.TB, s string) time.Time {
-	t.Helper()
-	tm, err := http.ParseTime(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tm
-}
 
 // TestFreshnessRecordedHeaders computes the lifetime of the seven recorded
 // provider responses with the default clamps [30s, 24h].

@@ -504,9 +504,13 @@ func cloneJWK(k jose.JSONWebKey) jose.JSONWebKey {
 	case *rsa.PublicKey:
 		k.Key = &rsa.PublicKey{N: new(big.Int).Set(pub.N), E: pub.E}
 	case *ecdsa.PublicKey:
-		c := *pub
-		c.X, c.Y = new(big.Int).Set(pub.X), new(big.Int).Set(pub.Y)
-		k.Key = &c
+		// Through the encoding, since the coordinates are deprecated; a
+		// key that parsed once always round-trips.
+		if raw, err := pub.Bytes(); err == nil {
+			if c, err := ecdsa.ParseUncompressedPublicKey(pub.Curve, raw); err == nil {
+				k.Key = c
+			}
+		}
 	case ed25519.PublicKey:
 		k.Key = slices.Clone(pub)
 	}

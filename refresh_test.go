@@ -1573,7 +1573,7 @@ func TestRefreshRetryAfterBackground(t *testing.T) {
 					t.Errorf("%d requests, want 1 (Retry-After does not fit the deadline)", got)
 				}
 				next := e.status().NextRefresh
-				if d := next.Sub(time.Now()); d != tc.want {
+				if d := time.Until(next); d != tc.want {
 					t.Errorf("next background attempt in %v, want %v", d, tc.want)
 				}
 				e.sleepUntil(next.Add(-time.Millisecond))

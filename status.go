@@ -26,10 +26,10 @@ type ProviderStatus struct {
 	LastError string `json:"lastError"`
 	// LastErrorClass is the ErrorClass of LastError, "" when none.
 	LastErrorClass string       `json:"lastErrorClass"`
-	LastRefresh    time.Time    `json:"lastRefresh"` // last successful exchange (200 or 304); zero if none
-	NextRefresh    time.Time    `json:"nextRefresh"` // when the next background fetch is scheduled
-	ExpiresAt      time.Time    `json:"expiresAt"`   // end of freshness of the keys served; zero if none
-	StaleUntil     time.Time    `json:"staleUntil"`  // end of the stale-while-error window; zero if none
+	LastRefresh    time.Time    `json:"lastRefresh,omitzero"` // last successful exchange (200 or 304); zero (omitted in JSON) if none
+	NextRefresh    time.Time    `json:"nextRefresh,omitzero"` // when the next background fetch is scheduled
+	ExpiresAt      time.Time    `json:"expiresAt,omitzero"`   // end of freshness of the keys served; zero (omitted) if none
+	StaleUntil     time.Time    `json:"staleUntil,omitzero"`  // end of the stale-while-error window; zero (omitted) if none
 	TTLSource      string       `json:"ttlSource,omitempty"`
 	ETag           string       `json:"etag,omitempty"`
 	LastModified   string       `json:"lastModified,omitempty"`
