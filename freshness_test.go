@@ -39,7 +39,6 @@ func recordedResponses(t testing.TB) map[string]recordedResponse {
 	return m
 }
 
-
 // TestFreshnessRecordedHeaders computes the lifetime of the seven recorded
 // provider responses with the default clamps [30s, 24h].
 func TestFreshnessRecordedHeaders(t *testing.T) {
