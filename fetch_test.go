@@ -693,16 +693,14 @@ func TestFetchOversize(t *testing.T) {
 		t.Cleanup(srv.Close)
 		f := newTestFetcher(t, tlsOptions(idp))
 		reg := testReg(t, f, func(r *Registration) { r.Retry.AttemptTimeout, r.Retry.MaxRetries = 5*time.Second, -1 })
-		start := time.Now()
 		_, err := f.fetchKeys(t.Context(), reg, srv.URL+jwksPath, validators{})
 		wantFetchError(t, err, ClassTooLarge)
 		wantIs(t, err, true, ErrTooLarge)
 		wantIs(t, err, false, ErrUpstream, ErrSecurityPolicy)
+		// Refused on the header: had the body been read, the silent server
+		// would have ended the attempt with a timeout instead.
 		if !strings.Contains(err.Error(), "Content-Length") {
 			t.Errorf("error = %v", err)
-		}
-		if d := time.Since(start); d > 4*time.Second {
-			t.Errorf("took %v: the body was read", d)
 		}
 	})
 
@@ -827,9 +825,6 @@ func TestFetchOversize(t *testing.T) {
 		// the decompressed size: the reader stopped at the limit.
 		if d := after.TotalAlloc - before.TotalAlloc; d > 16<<20 {
 			t.Errorf("allocated %d MiB while refusing a 1 GiB gzip bomb", d>>20)
-		}
-		if elapsed > 5*time.Second {
-			t.Errorf("refusing the bomb took %v", elapsed)
 		}
 		t.Logf("1 GiB gzip bomb refused in %v, %d KiB allocated", elapsed, (after.TotalAlloc-before.TotalAlloc)>>10)
 	})
@@ -991,18 +986,16 @@ func TestFetchRetryAfterBeyondDeadline(t *testing.T) {
 	idp, srv := tlsIdP(t)
 	idp.SetFault(jwksPath, testidp.Fault{Status: 429, RetryAfter: "120"})
 	f := newTestFetcher(t, tlsOptions(idp))
-	start := time.Now()
 	_, err := f.fetchKeys(t.Context(), testReg(t, f, nil), srv.URL+jwksPath, validators{})
 	fe := wantFetchError(t, err, ClassStatus)
 	if fe.RetryAfter != 120*time.Second {
 		t.Errorf("RetryAfter = %v, want 2m", fe.RetryAfter)
 	}
 	// The wait does not fit in the 8s deadline, so the fetch gives up at once.
+	// That it gives up at once, rather than after waiting, is measured in
+	// virtual time by TestFetchRetryTimingVirtual.
 	if n := idp.Requests(jwksPath); n != 1 {
 		t.Errorf("%d requests, want 1", n)
-	}
-	if d := time.Since(start); d > 2*time.Second {
-		t.Errorf("took %v", d)
 	}
 }
 

@@ -460,4 +460,9 @@ func (ks *keySet) lookupAlg(kid, alg string) (*typedKey, error) {
 }
 
 // has reports whether kid names at least one key.
-func (ks *keySet) has(kid string) bool { return len(ks.candidates(kid)) > 0 }
+func (ks *keySet) has(kid string) bool {
+	if ks.byKID != nil {
+		return len(ks.byKID[kid]) > 0
+	}
+	return containsKID(ks.keys, kid)
+}

@@ -328,9 +328,7 @@ func (m *Manager) keyMiss(ctx context.Context, tenant, providerID, kid string) (
 // keySlow is the lookup path after a miss: deny check, cold load, or an
 // unknown-kid refresh within the provider's budget.
 func (m *Manager) keySlow(ctx context.Context, p *provider, kid, op string, find func(*keySet) (*typedKey, error)) (*typedKey, error) {
-	fail := func(err error) (*typedKey, error) {
-		return nil, &ProviderError{TenantID: p.key.tenant, ProviderID: p.key.provider, URL: p.urlForError(), Op: op, Err: err}
-	}
+	fail := func(err error) (*typedKey, error) { return nil, p.opError(op, err) }
 	if p.isDenied(kid) {
 		return fail(fmt.Errorf("kid %q: %w", kid, ErrKeyDenied))
 	}
@@ -406,6 +404,11 @@ func (m *Manager) keySlow(ctx context.Context, p *provider, kid, op string, find
 	}
 }
 
+// opError names p, its URL and the operation around err.
+func (p *provider) opError(op string, err error) error {
+	return &ProviderError{TenantID: p.key.tenant, ProviderID: p.key.provider, URL: p.urlForError(), Op: op, Err: err}
+}
+
 // urlForError returns the URL to name in an error.
 func (p *provider) urlForError() string {
 	if s := p.snap.Load(); s != nil {
@@ -434,14 +437,14 @@ func (m *Manager) Resolve(ctx context.Context, tenant, providerID string) (*jose
 	s := p.snap.Load()
 	if s == nil {
 		if err := p.recentFailure(); err != nil {
-			return nil, &ProviderError{TenantID: tenant, ProviderID: providerID, URL: p.urlForError(), Op: "resolve", Err: &noKeysError{cause: err}}
+			return nil, p.opError("resolve", &noKeysError{cause: err})
 		}
 		err := p.await(ctx, seen)
 		if s = p.snap.Load(); s == nil {
 			if err == nil {
 				err = p.lastError()
 			}
-			return nil, &ProviderError{TenantID: tenant, ProviderID: providerID, URL: p.urlForError(), Op: "resolve", Err: &noKeysError{cause: err}}
+			return nil, p.opError("resolve", &noKeysError{cause: err})
 		}
 	}
 	set := &jose.JSONWebKeySet{Keys: make([]jose.JSONWebKey, 0, len(s.keys.keys))}
@@ -451,8 +454,7 @@ func (m *Manager) Resolve(ctx context.Context, tenant, providerID string) (*jose
 		}
 	}
 	if len(set.Keys) == 0 {
-		return nil, &ProviderError{TenantID: tenant, ProviderID: providerID, URL: s.url, Op: "resolve",
-			Err: fmt.Errorf("%w: every key is denied", ErrNoKeys)}
+		return nil, p.opError("resolve", fmt.Errorf("%w: every key is denied", ErrNoKeys))
 	}
 	return set, nil
 }
@@ -470,7 +472,7 @@ func (m *Manager) Refresh(ctx context.Context, tenant, providerID string) error 
 		return m.notRegistered(tenant, providerID)
 	}
 	if err != nil {
-		return &ProviderError{TenantID: tenant, ProviderID: providerID, URL: p.urlForError(), Op: "refresh", Err: err}
+		return p.opError("refresh", err)
 	}
 	return nil
 }
@@ -497,8 +499,9 @@ func (m *Manager) AllowKey(tenant, providerID, kid string) error {
 	return nil
 }
 
-// cloneJWK returns a copy of k that shares no memory with the cache, so
-// that a caller of Resolve may modify its set freely.
+// cloneJWK returns a copy of k whose public key and slices are its own, so
+// that a caller of Resolve may modify its set freely. The x509
+// certificates themselves are shared: they are immutable by convention.
 func cloneJWK(k jose.JSONWebKey) jose.JSONWebKey {
 	switch pub := k.Key.(type) {
 	case *rsa.PublicKey:

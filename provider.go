@@ -290,7 +290,7 @@ func (p *provider) apply(gen, seq uint64, reg *Registration, url string, base *s
 			// sent only with a snapshot. Treat it as a protocol error.
 			ferr = &FetchError{TenantID: reg.TenantID, ProviderID: reg.ProviderID, URL: url, Class: ClassStatus, StatusCode: 304, Err: errors.New("304 without a cached copy")}
 		default:
-			ns = &snapshot{keys: res.Keys, raw: res.Body, hash: res.Hash, url: url, issuer: issuer, validators: res.Validators, source: sourceNetwork}
+			ns = &snapshot{keys: res.Keys, raw: res.Body, hash: res.Hash, url: url, issuer: issuer, validators: res.Validators}
 			ns.setTimes(res.Fresh, res.FetchedAt, reg.staleWindow())
 			p.refreshUpdated.Add(1)
 			p.negative = nil

@@ -2,12 +2,6 @@ package jwkscache
 
 import "time"
 
-// Snapshot sources.
-const (
-	sourceNetwork = "network"
-	sourceStore   = "store"
-)
-
 // snapshot is what a provider serves: a parsed key set with the raw
 // document and the times that govern it. It is immutable: a refresh
 // publishes a new snapshot, and readers that loaded the old one keep a
@@ -27,7 +21,6 @@ type snapshot struct {
 	expiresAt  time.Time // end of freshness
 	staleUntil time.Time // end of the stale-while-error window
 	ttlSource  string    // how the TTL was derived: max-age, no-cache, expires, default, ...
-	source     string    // sourceNetwork or sourceStore
 }
 
 // renewed returns a copy of s with the freshness of a new exchange that
@@ -36,7 +29,6 @@ func (s *snapshot) renewed(val validators, fresh freshness, at time.Time, stale 
 	n := *s
 	n.validators = val
 	n.setTimes(fresh, at, stale)
-	n.source = sourceNetwork
 	return &n
 }
 

@@ -680,20 +680,16 @@ func TestDelayServer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.URL+DefaultPath, nil)
-	start := time.Now()
 	_, err := tlsClient(t, p, "").Do(req)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("err = %v", err)
 	}
-	if d := time.Since(start); d > 10*time.Second {
-		t.Errorf("took %v", d)
-	}
-	// The handler returns once the client is gone, so s.Close in Cleanup
+	// The context ended the request (an hour's delay would hit the test
+	// timeout otherwise). The handler returns once the client is gone, so s.Close in Cleanup
 	// does not hang.
 }
 
 func TestDelaySynctest(t *testing.T) {
-	realStart := time.Now()
 	synctest.Test(t, func(t *testing.T) {
 		p, _ := NewDefault()
 		c := p.Client()
@@ -729,9 +725,6 @@ func TestDelaySynctest(t *testing.T) {
 			t.Errorf("cancelled: err = %v", err)
 		}
 	})
-	if d := time.Since(realStart); d > 30*time.Second {
-		t.Errorf("synctest test took %v of real time", d)
-	}
 }
 
 func TestTLS(t *testing.T) {
