@@ -12,6 +12,10 @@ import (
 // wrap at least one of them, so callers match with errors.Is and never
 // compare strings; a caller's own context error is returned as it is.
 var (
+	// ErrInvalidOptions reports Options that break the rules of their
+	// documentation. The *OptionsError names every bad field.
+	ErrInvalidOptions = errors.New("jwkscache: invalid options")
+
 	// ErrNotRegistered reports a (tenant, provider) pair that is not registered.
 	ErrNotRegistered = errors.New("jwkscache: provider not registered")
 
@@ -66,7 +70,9 @@ const (
 	ClassParse          ErrorClass = "parse"           // not JSON, HTML, bad encoding, not a JWKS or discovery document
 	ClassNoKeys         ErrorClass = "no_keys"         // a valid JWKS without a single usable signing key
 	ClassStatus         ErrorClass = "status"          // an HTTP status other than 200 or 304
-	ClassNetwork        ErrorClass = "network"         // connection refused, reset, DNS failure, cancellation
+	ClassNetwork        ErrorClass = "network"         // connection refused, reset, DNS failure
+	ClassPanic          ErrorClass = "panic"           // the refresh panicked (a bug); the panic was recovered and logged
+	ClassClosed         ErrorClass = "closed"          // the Manager was closed while the refresh ran
 )
 
 // FetchError is the error of a failed fetch. It names the tenant, provider
@@ -185,3 +191,26 @@ func (e *noKeysError) Unwrap() []error {
 	}
 	return []error{ErrNoKeys, e.cause}
 }
+
+// OptionsError lists every bad field of an Options value. It matches
+// ErrInvalidOptions.
+type OptionsError struct {
+	Fields []FieldError
+}
+
+func (e *OptionsError) Error() string {
+	var b strings.Builder
+	b.WriteString("jwkscache: invalid options: ")
+	for i, f := range e.Fields {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(f.Field)
+		b.WriteString(": ")
+		b.WriteString(f.Message)
+	}
+	return b.String()
+}
+
+// Is matches ErrInvalidOptions.
+func (e *OptionsError) Is(target error) bool { return target == ErrInvalidOptions }

@@ -54,25 +54,8 @@ type Manager struct {
 // refresh workers. It returns an error only for invalid options.
 func New(opts Options) (*Manager, error) {
 	opts = opts.withDefaults()
-	var bad []string
-	for i, d := range opts.AllowedDomains {
-		if msg := checkDomain(d); msg != "" {
-			bad = append(bad, fmt.Sprintf("AllowedDomains[%d] %q: %s", i, d, msg))
-		}
-	}
-	for i, p := range opts.AllowedAddresses {
-		if !p.IsValid() {
-			bad = append(bad, fmt.Sprintf("AllowedAddresses[%d]: invalid prefix", i))
-		}
-	}
-	if opts.RefreshWorkers < 0 {
-		bad = append(bad, fmt.Sprintf("RefreshWorkers: must not be negative, got %d", opts.RefreshWorkers))
-	}
-	if opts.MaxUnknownKIDRefreshes < 0 {
-		bad = append(bad, fmt.Sprintf("MaxUnknownKIDRefreshes: must not be negative, got %d", opts.MaxUnknownKIDRefreshes))
-	}
-	if len(bad) > 0 {
-		return nil, fmt.Errorf("jwkscache: invalid options: %v", bad)
+	if err := opts.validate(); err != nil {
+		return nil, err
 	}
 	m := &Manager{
 		opts:    opts,

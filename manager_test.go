@@ -2018,8 +2018,19 @@ func TestManagerNewInvalidOptions(t *testing.T) {
 				t.Fatalf("New accepted %+v", tc.opts)
 			}
 			mtErrNames(t, err, tc.names...)
+			var oe *OptionsError
+			if !errors.Is(err, ErrInvalidOptions) || !errors.As(err, &oe) || len(oe.Fields) != len(tc.names)-boolInt(tc.name == "upper-case domain") {
+				t.Fatalf("New(%+v) = %v, want an *OptionsError matching ErrInvalidOptions with one field per problem", tc.opts, err)
+			}
 		})
 	}
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // The stale-while-error window: expired keys keep serving while refreshes

@@ -2,6 +2,7 @@ package jwkscache
 
 import (
 	"crypto/x509"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -73,4 +74,33 @@ func (o Options) withDefaults() Options {
 	setDefault(&o.RefreshWorkers, DefaultRefreshWorkers)
 	setDefault(&o.MaxUnknownKIDRefreshes, DefaultMaxUnknownKIDRefreshes)
 	return o
+}
+
+// validate checks options with defaults applied and reports every bad
+// field in one *OptionsError.
+func (o *Options) validate() error {
+	e := &OptionsError{}
+	bad := func(field, format string, args ...any) {
+		e.Fields = append(e.Fields, FieldError{Field: field, Message: fmt.Sprintf(format, args...)})
+	}
+	for i, d := range o.AllowedDomains {
+		if msg := checkDomain(d); msg != "" {
+			bad(fmt.Sprintf("AllowedDomains[%d]", i), "%q: %s", d, msg)
+		}
+	}
+	for i, p := range o.AllowedAddresses {
+		if !p.IsValid() {
+			bad(fmt.Sprintf("AllowedAddresses[%d]", i), "invalid prefix")
+		}
+	}
+	if o.RefreshWorkers < 0 {
+		bad("RefreshWorkers", "must not be negative, got %d", o.RefreshWorkers)
+	}
+	if o.MaxUnknownKIDRefreshes < 0 {
+		bad("MaxUnknownKIDRefreshes", "must not be negative, got %d", o.MaxUnknownKIDRefreshes)
+	}
+	if len(e.Fields) > 0 {
+		return e
+	}
+	return nil
 }

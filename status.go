@@ -39,6 +39,10 @@ type ProviderStatus struct {
 	// Hits and Misses count lookups answered from memory and not.
 	Hits   uint64 `json:"hits"`
 	Misses uint64 `json:"misses"`
+	// EventsDropped counts this provider's events and log records that
+	// were dropped because the delivery queue was full (a slow OnEvent or
+	// log handler); see Options.OnEvent.
+	EventsDropped uint64 `json:"eventsDropped"`
 }
 
 // Status returns the status of one provider.
