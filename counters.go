@@ -1,20 +1,29 @@
 package jwkscache
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
-	"unsafe"
+	_ "unsafe" // for go:linkname
 )
 
 // hitCounter counts cache hits per provider without contention: every
-// provider has a slot in each of hitStripes arrays, and an increment picks
-// a stripe from the goroutine's stack address (see inc), so two cores
-// rarely write the same cache line. Reading sums the stripes. It costs 8
-// bytes per stripe per provider.
+// provider has a slot in each of hitStripes arrays, and an increment writes
+// the stripe of the processor (P) it runs on, so two cores never write the
+// same cache line while there are no more Ps than stripes. Reading sums
+// the stripes. It costs 8 bytes per stripe per provider.
 //
 // A single atomic per provider would be simpler, but on the lookup path two
 // cores serving one busy provider would bounce its cache line on every
-// call, costing more than the lookup itself.
+// call, costing more than the lookup itself. A stripe picked from the
+// goroutine's stack address (the previous design) made two busy goroutines
+// share a stripe one run in eight, and a random stripe per call makes half
+// of all writes find the line owned by the other core.
+//
+// A slot is reused by another provider only after the provider that held
+// it is unreachable (a runtime cleanup releases it): a lookup that found
+// the provider just before Unregister may still count into the slot, and
+// that count must never show under another (tenant, provider).
 type hitCounter struct {
 	mu      sync.Mutex // serialises growth and slot allocation; guards free, next
 	free    []uint32
@@ -61,6 +70,15 @@ func (c *hitCounter) alloc() uint32 {
 	return s
 }
 
+// allocFor returns a zeroed slot for owner and arranges for the slot to be
+// released once owner is unreachable. Every increment of the slot must
+// keep owner alive until it is done (runtime.KeepAlive).
+func (c *hitCounter) allocFor(owner *provider) uint32 {
+	s := c.alloc()
+	runtime.AddCleanup(owner, func(s uint32) { c.release(s) }, s)
+	return s
+}
+
 // release returns a slot for reuse.
 func (c *hitCounter) release(s uint32) {
 	c.mu.Lock()
@@ -72,15 +90,19 @@ func (c *hitCounter) cell(stripe int, s uint32) *atomic.Uint64 {
 	return &(*c.stripes[stripe].chunks.Load())[s>>hitChunkBits][s&(hitChunkSize-1)]
 }
 
-// inc adds one to slot s. The stripe comes from the address of a stack
-// variable, hashed: goroutines running at the same time live on different
-// stacks, so they mostly pick different stripes, for less than a random
-// number costs (math/rand/v2 measured 10 ns slower here). Two busy
-// goroutines still share a stripe one time in eight.
+//go:linkname procPin runtime.procPin
+func procPin() int
+
+//go:linkname procUnpin runtime.procUnpin
+func procUnpin()
+
+// inc adds one to slot s, in the stripe of the current P. Pinning costs
+// about a nanosecond and keeps the goroutine on that P for the add, as
+// sync.Pool does.
 func (c *hitCounter) inc(s uint32) {
-	var probe byte
-	stripe := int(uint64(uintptr(unsafe.Pointer(&probe)))>>10*0x9e3779b97f4a7c15>>61) & (hitStripes - 1)
+	stripe := procPin() & (hitStripes - 1)
 	c.cell(stripe, s).Add(1)
+	procUnpin()
 }
 
 // load returns the count of slot s.

@@ -3,6 +3,7 @@ package jwkscache
 import (
 	"context"
 	"fmt"
+	"runtime"
 
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -27,52 +28,78 @@ import (
 // later; each call resolves the provider anew.
 func (m *Manager) Keyfunc(tenant, providerID string) jwt.Keyfunc {
 	return func(t *jwt.Token) (any, error) {
-		p := m.reg.get(tenant, providerID)
+		p := m.providers.get(tenant, providerID)
 		if p == nil {
 			return nil, m.notRegistered(tenant, providerID)
 		}
-		kid := ""
-		if v, ok := t.Header["kid"]; ok {
-			s, ok := v.(string)
-			if !ok {
-				return nil, fmt.Errorf("jwkscache: %s/%s: %w: token kid header is not a string", tenant, providerID, ErrKeyNotFound)
-			}
-			kid = s
+		return m.tokenKey(nil, p, t)
+	}
+}
+
+// tokenKey finds the key for token t in p's keys. A nil ctx bounds the
+// waits by the registration's retry Deadline.
+func (m *Manager) tokenKey(ctx context.Context, p *provider, t *jwt.Token) (any, error) {
+	tenant, providerID := p.key.tenant, p.key.provider
+	kid := ""
+	if v, ok := t.Header["kid"]; ok {
+		s, ok := v.(string)
+		if !ok {
+			return nil, fmt.Errorf("jwkscache: %s/%s: %w: token kid header is not a string", tenant, providerID, ErrKeyNotFound)
 		}
-		alg, _ := t.Header["alg"].(string)
-		if algBit(alg) == 0 {
-			// HMAC, "none" or unknown: no key of ours may verify it, and
-			// an unknown kid with it must not spend the refresh budget.
-			return nil, fmt.Errorf("jwkscache: %s/%s: %w: unsupported algorithm %q", tenant, providerID, ErrKeyNotFound, alg)
+		kid = s
+	}
+	alg, _ := t.Header["alg"].(string)
+	if algBit(alg) == 0 {
+		// HMAC, "none" or unknown: no key of ours may verify it, and an
+		// unknown kid with it must not spend the refresh budget.
+		return nil, fmt.Errorf("jwkscache: %s/%s: %w: unsupported algorithm %s", tenant, providerID, ErrKeyNotFound, showID(alg))
+	}
+	// The issuer binding travels with the keys: while a provider switches
+	// to a new source, its old keys still answer only for the old issuer,
+	// and the new keys only for the new one. It is checked against the
+	// snapshot the key is taken from; a token refused by the binding of
+	// the keys served now is refused before any lookup, so it cannot spend
+	// the refresh budget.
+	s := p.snap.Load()
+	issuer := p.registration().Issuer
+	if s != nil {
+		issuer = s.issuer
+	}
+	if err := checkIssuer(t, issuer, tenant, providerID); err != nil {
+		return nil, err
+	}
+	if s != nil && !p.isDenied(kid) {
+		if k, err := s.keys.lookupAlg(kid, alg); err == nil && !p.isDenied(k.jwk.KeyID) {
+			m.hits.inc(p.slot)
+			runtime.KeepAlive(p)
+			return k.jwk.Key, nil
 		}
-		reg := p.reg()
-		// The issuer binding travels with the keys: while a provider
-		// switches to a new source, its old keys still answer only for
-		// the old issuer.
-		s := p.snap.Load()
-		issuer := reg.Issuer
-		if s != nil {
-			issuer = s.issuer
-		}
-		if issuer != "" {
-			iss, err := t.Claims.GetIssuer()
-			if err != nil || iss != issuer {
-				return nil, fmt.Errorf("jwkscache: %s/%s: %w: token issuer does not match the registered issuer %q",
-					tenant, providerID, jwt.ErrTokenInvalidIssuer, issuer)
-			}
-		}
-		if s != nil && !p.isDenied(kid) {
-			if k, err := s.keys.lookupAlg(kid, alg); err == nil && !p.isDenied(k.jwk.KeyID) {
-				m.hits.inc(p.slot)
-				return k.jwk.Key, nil
-			}
-		}
-		ctx, cancel := context.WithTimeout(m.ctx, reg.Retry.Deadline)
+	}
+	if ctx == nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(m.ctx, p.registration().Retry.Deadline)
 		defer cancel()
-		k, err := m.keySlow(ctx, p, kid, "keyfunc", func(ks *keySet) (*typedKey, error) { return ks.lookupAlg(kid, alg) })
-		if err != nil {
+	}
+	k, found, err := m.keySlow(ctx, p, kid, "keyfunc", func(ks *keySet) (*typedKey, error) { return ks.lookupAlg(kid, alg) })
+	if err != nil {
+		return nil, err
+	}
+	if found != s {
+		if err := checkIssuer(t, found.issuer, tenant, providerID); err != nil {
 			return nil, err
 		}
-		return k.jwk.Key, nil
 	}
+	return k.jwk.Key, nil
+}
+
+// checkIssuer refuses t unless issuer is "" or equals t's iss claim.
+func checkIssuer(t *jwt.Token, issuer, tenant, providerID string) error {
+	if issuer == "" {
+		return nil
+	}
+	if iss, err := t.Claims.GetIssuer(); err == nil && iss == issuer {
+		return nil
+	}
+	return fmt.Errorf("jwkscache: %s/%s: %w: token issuer does not match the registered issuer %s",
+		tenant, providerID, jwt.ErrTokenInvalidIssuer, showID(issuer))
 }

@@ -9,8 +9,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/big"
+	"runtime"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,16 +25,24 @@ const closeTimeout = 2 * time.Second
 // Manager keeps the signing keys of many identity providers in memory and
 // refreshes them in the background. Create one with New and release it
 // with Close. All methods are safe for concurrent use.
+//
+// Lock order. A goroutine holding one of these may take only those listed
+// after it: registry.mu (Register and Unregister), provider.mu (one
+// provider at a time), scheduler.mu; then the leaf locks kidBudget.mu,
+// hitCounter.mu and the fetcher's. No lock is held across I/O (a fetch,
+// later a store call) or user code (OnEvent, the Logger's handler, metric
+// registries): events and log records are queued and delivered by the
+// notifier's goroutine, which holds no engine lock.
 type Manager struct {
-	opts    Options
-	log     *slog.Logger
-	fetcher *fetcher
-	reg     *registry
-	hits    hitCounter
-	sched   *scheduler
+	opts      Options
+	notify    *notifier
+	fetcher   *fetcher
+	providers *registry
+	hits      hitCounter
+	sched     *scheduler
 
-	kidLimiter kidBucket
-	panics     atomic.Uint64
+	kidBudget kidBudget
+	panics    atomic.Uint64
 	// flights shares one fetch per provider among every caller: the
 	// scheduler, lookups of a cold provider or an unknown kid, Refresh. One
 	// group for all providers keeps its map small: entries live only while
@@ -50,23 +58,22 @@ type Manager struct {
 	wg     sync.WaitGroup
 }
 
-// New returns a Manager configured by opts and starts its scheduler and
-// refresh workers. It returns an error only for invalid options.
+// New returns a Manager configured by opts and starts its scheduler,
+// refresh workers and (when OnEvent or Logger is set) the goroutine that
+// delivers events and log records. It returns an error matching
+// ErrInvalidOptions, naming every bad field, for invalid options.
 func New(opts Options) (*Manager, error) {
 	opts = opts.withDefaults()
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
 	m := &Manager{
-		opts:    opts,
-		log:     opts.Logger,
-		fetcher: newFetcher(opts),
-		reg:     newRegistry(),
+		opts:      opts,
+		fetcher:   newFetcher(opts),
+		providers: newRegistry(),
 	}
-	if m.log == nil {
-		m.log = slog.New(slog.DiscardHandler)
-	}
-	m.kidLimiter.rate = float64(opts.MaxUnknownKIDRefreshes)
+	m.notify = newNotifier(opts.OnEvent, opts.Logger, &m.panics)
+	m.kidBudget.rate = float64(opts.MaxUnknownKIDRefreshes)
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.sched = newScheduler(m, opts.RefreshWorkers)
 	m.wg.Add(1 + opts.RefreshWorkers)
@@ -98,8 +105,11 @@ func (m *Manager) enter() bool {
 func (m *Manager) leave() { m.wg.Done() }
 
 // Close stops every background goroutine, cancelling fetches in flight, and
-// returns within about 2 seconds even when an upstream is stuck. Calls after
-// Close, Close included, return ErrClosed.
+// returns within about 2 seconds even when an upstream is stuck. Events
+// still queued for OnEvent are discarded; an OnEvent or log handler that
+// does not return keeps the delivery goroutine until it does, but Close
+// does not wait for it past the 2 seconds. Calls after Close, Close
+// included, return ErrClosed.
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	if m.closed.Load() {
@@ -109,10 +119,8 @@ func (m *Manager) Close() error {
 	m.closed.Store(true)
 	m.mu.Unlock()
 	m.cancel()
-	for _, p := range m.reg.clear() {
-		p.mu.Lock()
-		p.removed = true
-		p.mu.Unlock()
+	for _, p := range m.providers.clear() {
+		p.removed.Store(true)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -124,38 +132,27 @@ func (m *Manager) Close() error {
 	defer m.fetcher.close()
 	select {
 	case <-done:
-		return nil
 	case <-t.C:
+		m.notify.close(t.C)
 		return fmt.Errorf("jwkscache: close: background fetches still running after %v", closeTimeout)
 	}
+	m.notify.close(t.C)
+	return nil
 }
 
-// emit delivers events to Options.OnEvent. A panic in the callback is
-// recovered and counted: user code never unwinds the engine.
-func (m *Manager) emit(evs []Event) {
-	if m.opts.OnEvent == nil {
-		return
+// logf queues a log record for the Logger's handler; p's counter records
+// a drop. It never blocks and runs no user code.
+func (m *Manager) logf(p *provider, level slog.Level, msg string, attrs ...slog.Attr) {
+	var dropped *atomic.Uint64
+	if p != nil {
+		dropped = &p.eventsDropped
 	}
-	for _, ev := range evs {
-		m.emitOne(ev)
-	}
-}
-
-func (m *Manager) emitOne(ev Event) {
-	defer func() {
-		if r := recover(); r != nil {
-			m.panics.Add(1)
-			m.log.LogAttrs(context.Background(), slog.LevelError, "jwkscache: panic in OnEvent",
-				slog.String("tenant", ev.TenantID), slog.String("provider", ev.ProviderID),
-				slog.String("event", string(ev.Kind)), slog.String("panic", fmt.Sprint(r)))
-		}
-	}()
-	m.opts.OnEvent(ev)
+	m.notify.log(level, msg, dropped, attrs...)
 }
 
 // provider returns the registered provider or the error to return.
 func (m *Manager) provider(tenant, providerID string) (*provider, error) {
-	if p := m.reg.get(tenant, providerID); p != nil {
+	if p := m.providers.get(tenant, providerID); p != nil {
 		return p, nil
 	}
 	return nil, m.notRegistered(tenant, providerID)
@@ -179,7 +176,8 @@ func (m *Manager) notRegistered(tenant, providerID string) error {
 // loaded, but no longer than their freshness: they are not served stale,
 // and tokens verified with them keep the issuer they were registered with.
 // Other updates take effect at the next fetch; a new Issuer applies to
-// tokens at once.
+// tokens at once. An update keeps the provider's counters and its place in
+// the scheduler's fairness (a slow provider stays slow).
 //
 // Register does not wait for the keys; a lookup waits for the first load.
 func (m *Manager) Register(ctx context.Context, reg Registration) error {
@@ -194,46 +192,57 @@ func (m *Manager) Register(ctx context.Context, reg Registration) error {
 		return err
 	}
 	now := time.Now()
-	m.reg.mu.Lock() // serialises Register and Unregister of every pair
-	defer m.reg.mu.Unlock()
-	if p := m.reg.get(r.TenantID, r.ProviderID); p != nil {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		old := p.reg()
-		p.cfg.Store(&r)
-		s := p.snap.Load()
-		switch {
-		case sourceChanged(old, &r):
-			p.gen++ // a fetch in flight from the old source is void
-			p.jwksURL = r.JWKSURL
-			p.disc = nil
-			p.nextRefresh = now
-			p.errorCount = 0
-			p.lastErr = nil
-			if s != nil && s.staleUntil.After(s.expiresAt) {
-				ns := *s
-				ns.staleUntil = ns.expiresAt
-				p.snap.Store(&ns)
-			}
-		case s != nil && s.issuer != r.Issuer:
-			ns := *s
-			ns.issuer = r.Issuer
-			p.snap.Store(&ns)
-		}
-		m.sched.schedule(p, p.nextDueLocked())
-		return nil
-	}
+	m.providers.mu.Lock() // serialises Register and Unregister of every pair
+	defer m.providers.mu.Unlock()
 	if m.closed.Load() {
 		return ErrClosed
 	}
-	p := &provider{m: m, key: r.key(), slot: m.hits.alloc(), heapIdx: -1, jwksURL: r.JWKSURL, nextRefresh: now, tokens: kidBurst,
-		flightKey: r.TenantID + "/" + r.ProviderID + "#" + strconv.FormatUint(m.seq.Add(1), 10)}
+	if p := m.providers.get(r.TenantID, r.ProviderID); p != nil {
+		m.update(p, &r, now)
+		return nil
+	}
+	p := &provider{m: m, key: r.key(), id: m.seq.Add(1), heapIdx: -1, jwksURL: r.JWKSURL, nextRefresh: now, slow: true}
+	p.slot = m.hits.allocFor(p)
 	p.cfg.Store(&r)
-	m.reg.addLocked(p)
+	m.fetcher.acquirePins(r.pins())
+	m.providers.addLocked(p)
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	m.sched.schedule(p, now)
-	p.mu.Unlock()
 	return nil
+}
+
+// update applies a new registration r to the registered provider p.
+// m.providers.mu is held.
+func (m *Manager) update(p *provider, r *Registration, now time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old := p.registration()
+	p.cfg.Store(r)
+	s := p.snap.Load()
+	switch {
+	case sourceChanged(old, r):
+		p.gen++ // a fetch in flight from the old source is void
+		p.jwksURL = r.JWKSURL
+		p.disc = nil
+		p.nextRefresh = now
+		p.errorCount = 0
+		p.lastErr = nil
+		if s != nil && s.staleUntil.After(s.expiresAt) {
+			ns := *s
+			ns.staleUntil = ns.expiresAt
+			p.snap.Store(&ns)
+		}
+		if !slices.Equal(old.PinnedSPKI, r.PinnedSPKI) {
+			m.fetcher.acquirePins(r.pins())
+			m.fetcher.releasePins(old.pins())
+		}
+	case s != nil && s.issuer != r.Issuer:
+		ns := *s
+		ns.issuer = r.Issuer
+		p.snap.Store(&ns)
+	}
+	m.sched.schedule(p, p.nextDueLocked())
 }
 
 // sourceChanged reports whether an update changes where or how keys are
@@ -252,18 +261,20 @@ func (m *Manager) Unregister(ctx context.Context, tenant, providerID string) err
 	if m.closed.Load() {
 		return ErrClosed
 	}
-	p := m.reg.remove(providerKey{tenant, providerID})
+	m.providers.mu.Lock()
+	defer m.providers.mu.Unlock()
+	p := m.providers.removeLocked(providerKey{tenant, providerID})
 	if p == nil {
 		return m.notRegistered(tenant, providerID)
 	}
 	p.mu.Lock()
-	p.removed = true
+	defer p.mu.Unlock()
+	p.removed.Store(true)
 	m.sched.remove(p)
 	p.snap.Store(nil)
-	p.mu.Unlock()
-	// A reader that found p just before may still count a hit in the slot;
-	// alloc zeroes it again before it serves another pair.
-	m.hits.release(p.slot)
+	m.fetcher.releasePins(p.registration().pins())
+	// A reader that found p just before may still count a hit into its
+	// slot: the slot is reused only once p is unreachable (see hitCounter).
 	return nil
 }
 
@@ -281,10 +292,11 @@ func (m *Manager) Unregister(ctx context.Context, tenant, providerID string) err
 // cache, so that the lookup allocates nothing: treat it as read-only.
 // Resolve returns copies.
 func (m *Manager) Key(ctx context.Context, tenant, providerID, kid string) (jose.JSONWebKey, error) {
-	if p := m.reg.get(tenant, providerID); p != nil {
+	if p := m.providers.get(tenant, providerID); p != nil {
 		if s := p.snap.Load(); s != nil {
 			if k := s.keys.find(kid); k != nil && !p.isDenied(kid) {
 				m.hits.inc(p.slot)
+				runtime.KeepAlive(p) // the slot stays p's until the add is done
 				return k.jwk, nil
 			}
 		}
@@ -297,11 +309,11 @@ func (m *Manager) Key(ctx context.Context, tenant, providerID, kid string) (jose
 //
 //go:noinline
 func (m *Manager) keyMiss(ctx context.Context, tenant, providerID, kid string) (jose.JSONWebKey, error) {
-	p := m.reg.get(tenant, providerID)
+	p := m.providers.get(tenant, providerID)
 	if p == nil {
 		return jose.JSONWebKey{}, m.notRegistered(tenant, providerID)
 	}
-	k, err := m.keySlow(ctx, p, kid, "key", func(ks *keySet) (*typedKey, error) { return ks.lookup(kid) })
+	k, _, err := m.keySlow(ctx, p, kid, "key", func(ks *keySet) (*typedKey, error) { return ks.lookup(kid) })
 	if err != nil {
 		return jose.JSONWebKey{}, err
 	}
@@ -309,11 +321,27 @@ func (m *Manager) keyMiss(ctx context.Context, tenant, providerID, kid string) (
 }
 
 // keySlow is the lookup path after a miss: deny check, cold load, or an
-// unknown-kid refresh within the provider's budget.
-func (m *Manager) keySlow(ctx context.Context, p *provider, kid, op string, find func(*keySet) (*typedKey, error)) (*typedKey, error) {
-	fail := func(err error) (*typedKey, error) { return nil, p.opError(op, err) }
+// unknown-kid refresh within the provider's budget. It returns the key and
+// the snapshot it was found in (whose issuer binds the token), and counts
+// the lookup once: a hit when the key was already in memory, else a miss.
+func (m *Manager) keySlow(ctx context.Context, p *provider, kid, op string, find func(*keySet) (*typedKey, error)) (k *typedKey, found *snapshot, err error) {
+	waited := false
+	defer func() {
+		if err == nil && !waited {
+			m.hits.inc(p.slot)
+			runtime.KeepAlive(p)
+		} else {
+			p.misses.Add(1)
+		}
+	}()
+	fail := func(err error) (*typedKey, *snapshot, error) {
+		if p.removed.Load() {
+			return nil, nil, m.notRegistered(p.key.tenant, p.key.provider)
+		}
+		return nil, nil, p.opError(op, err)
+	}
 	if p.isDenied(kid) {
-		return fail(fmt.Errorf("kid %q: %w", kid, ErrKeyDenied))
+		return fail(fmt.Errorf("kid %s: %w", showID(kid), ErrKeyDenied))
 	}
 	var (
 		seq      uint64 // fetches started before the refresh this lookup waits for
@@ -324,17 +352,16 @@ func (m *Manager) keySlow(ctx context.Context, p *provider, kid, op string, find
 	for pass := 0; ; pass++ {
 		seen := p.applied.Load()
 		s := p.snap.Load()
+		why := reasonFirstLoad
 		if s != nil {
 			k, err := find(s.keys)
 			if err == nil {
 				// An empty kid may have matched a key that has one.
 				if p.isDenied(k.jwk.KeyID) {
-					return fail(fmt.Errorf("kid %q: %w", k.jwk.KeyID, ErrKeyDenied))
+					return fail(fmt.Errorf("kid %s: %w", showID(k.jwk.KeyID), ErrKeyDenied))
 				}
-				m.hits.inc(p.slot)
-				return k, nil
+				return k, s, nil
 			}
-			p.misses.Add(1)
 			missing := !s.keys.has(kid)
 			switch {
 			case pass == 0 && missing && len(kid) > maxKIDLen:
@@ -344,7 +371,7 @@ func (m *Manager) keySlow(ctx context.Context, p *provider, kid, op string, find
 				return fail(fmt.Errorf("%w: kid of %d bytes (at most %d)", ErrKeyNotFound, len(kid), maxKIDLen))
 			case pass == 0 && missing && kid != "":
 				if why := p.allowKIDRefresh(kid); why != "" {
-					return fail(fmt.Errorf("kid %q: %w (%s)", kid, ErrKeyNotFound, why))
+					return fail(fmt.Errorf("kid %s: %w (%s)", showID(kid), ErrKeyNotFound, why))
 				}
 				kidFetch = true
 			case kidFetch && missing && fetchErr == nil && p.okSeq.Load() <= seq && !rejoined:
@@ -359,13 +386,17 @@ func (m *Manager) keySlow(ctx context.Context, p *provider, kid, op string, find
 				// the kid is missing.
 				if pass > 0 && missing {
 					if fetchErr != nil {
-						return fail(fmt.Errorf("kid %q: %w (refresh failed: %w)", kid, ErrKeyNotFound, fetchErr))
+						return fail(fmt.Errorf("kid %s: %w (refresh failed: %w)", showID(kid), ErrKeyNotFound, fetchErr))
 					}
 					p.rememberMissing(kid)
 				}
-				return fail(fmt.Errorf("kid %q: %w", kid, err))
+				return fail(fmt.Errorf("kid %s: %w", showID(kid), err))
 			}
+			why = reasonUnknownKID
 		} else {
+			if p.removed.Load() {
+				return fail(ErrNotRegistered)
+			}
 			if pass > 0 {
 				return fail(&noKeysError{cause: p.lastError()})
 			}
@@ -374,7 +405,8 @@ func (m *Manager) keySlow(ctx context.Context, p *provider, kid, op string, find
 			}
 		}
 		seq, fetchErr = p.fetchSeq.Load(), nil
-		if err := p.await(ctx, seen); err != nil {
+		waited = true
+		if err := p.await(ctx, seen, why); err != nil {
 			if errors.Is(err, ErrClosed) || ctx.Err() != nil {
 				return fail(err)
 			}
@@ -387,47 +419,41 @@ func (m *Manager) keySlow(ctx context.Context, p *provider, kid, op string, find
 	}
 }
 
-// opError names p, its URL and the operation around err.
-func (p *provider) opError(op string, err error) error {
-	return &ProviderError{TenantID: p.key.tenant, ProviderID: p.key.provider, URL: p.urlForError(), Op: op, Err: err}
-}
-
-// urlForError returns the URL to name in an error.
-func (p *provider) urlForError() string {
-	if s := p.snap.Load(); s != nil {
-		return s.url
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.jwksURL != "" {
-		return p.jwksURL
-	}
-	r := p.reg()
-	if r.usesDiscovery() {
-		return r.discoveryURL()
-	}
-	return r.JWKSURL
-}
-
 // Resolve returns the provider's usable keys (denied kids excluded), loading
 // them first if the provider is cold. The set is a copy the caller may keep.
-func (m *Manager) Resolve(ctx context.Context, tenant, providerID string) (*jose.JSONWebKeySet, error) {
+// It counts as one lookup: a hit when the keys were in memory.
+func (m *Manager) Resolve(ctx context.Context, tenant, providerID string) (_ *jose.JSONWebKeySet, err error) {
 	p, err := m.provider(tenant, providerID)
 	if err != nil {
 		return nil, err
 	}
 	seen := p.applied.Load()
 	s := p.snap.Load()
+	hit := s != nil
+	defer func() {
+		if hit && err == nil {
+			m.hits.inc(p.slot)
+			runtime.KeepAlive(p)
+		} else {
+			p.misses.Add(1)
+		}
+	}()
+	fail := func(err error) (*jose.JSONWebKeySet, error) {
+		if p.removed.Load() {
+			return nil, m.notRegistered(tenant, providerID)
+		}
+		return nil, p.opError("resolve", err)
+	}
 	if s == nil {
 		if err := p.recentFailure(); err != nil {
-			return nil, p.opError("resolve", &noKeysError{cause: err})
+			return fail(&noKeysError{cause: err})
 		}
-		err := p.await(ctx, seen)
+		err := p.await(ctx, seen, reasonFirstLoad)
 		if s = p.snap.Load(); s == nil {
 			if err == nil {
 				err = p.lastError()
 			}
-			return nil, p.opError("resolve", &noKeysError{cause: err})
+			return fail(&noKeysError{cause: err})
 		}
 	}
 	set := &jose.JSONWebKeySet{Keys: make([]jose.JSONWebKey, 0, len(s.keys.keys))}
@@ -437,7 +463,7 @@ func (m *Manager) Resolve(ctx context.Context, tenant, providerID string) (*jose
 		}
 	}
 	if len(set.Keys) == 0 {
-		return nil, p.opError("resolve", fmt.Errorf("%w: every key is denied", ErrNoKeys))
+		return fail(fmt.Errorf("%w: every key is denied", ErrNoKeys))
 	}
 	return set, nil
 }
@@ -450,8 +476,8 @@ func (m *Manager) Refresh(ctx context.Context, tenant, providerID string) error 
 	if err != nil {
 		return err
 	}
-	err = p.await(ctx, anyFetch)
-	if errors.Is(err, ErrNotRegistered) {
+	err = p.await(ctx, anyFetch, reasonManual)
+	if errors.Is(err, ErrNotRegistered) || p.removed.Load() && err != nil {
 		return m.notRegistered(tenant, providerID)
 	}
 	if err != nil {

@@ -122,10 +122,9 @@ func (r *registry) growLocked(old *regTable) *regTable {
 	return t
 }
 
-// remove deletes the provider of key and returns it, or nil.
-func (r *registry) remove(key providerKey) *provider {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+// removeLocked deletes the provider of key and returns it, or nil. r.mu
+// must be held.
+func (r *registry) removeLocked(key providerKey) *provider {
 	t := r.table.Load()
 	bp := &t.buckets[r.hash(key.tenant, key.provider)&t.mask]
 	old := bp.Load()

@@ -146,3 +146,10 @@ func BenchmarkRegistryGet(b *testing.B) {
 		}
 	}
 }
+
+// remove is removeLocked with the lock taken, for tests.
+func (r *registry) remove(key providerKey) *provider {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.removeLocked(key)
+}

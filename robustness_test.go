@@ -232,7 +232,7 @@ func TestRobustNegativeCacheSweepsExpired(t *testing.T) {
 		idp, _ := testidp.NewDefault()
 		m := mtManager(t, idp, Options{})
 		mtLoad(t, m, mtTenant, mtProvider, mtURL)
-		p := m.reg.get(mtTenant, mtProvider)
+		p := m.providers.get(mtTenant, mtProvider)
 		for i := range maxNegativeKIDs {
 			p.rememberMissing("old-" + itoa(i))
 		}

@@ -11,41 +11,46 @@ import (
 
 // scheduler runs the background work of every provider. One goroutine
 // keeps a timer heap ordered by due time; when a provider comes due it
-// withdraws keys whose stale window has run out right there (no I/O, so
-// expiry is on time however busy the fetches are) and queues providers
-// whose refresh is due for a bounded pool of workers. The goroutine count
-// does not depend on the number of providers.
+// withdraws keys whose stale window has run out right there (no I/O, no
+// user code, so expiry is on time however busy the fetches are) and queues
+// providers whose refresh is due for a bounded pool of workers. The
+// goroutine count does not depend on the number of providers.
 //
-// Providers whose last fetch failed may hold at most half the workers, so
-// an IdP outage affecting many tenants cannot starve healthy providers'
-// refreshes: each failing fetch can hold a worker for its whole Deadline.
-// Failing providers beyond that wait in line, without polling, and each
+// A provider waiting for a worker, or whose fetch is running, stays in the
+// heap at the end of its stale window, so a backlog never delays the
+// withdrawal of keys.
+//
+// Slow providers (the latest fetch failed or took at least slowFetch, or a
+// first load has not completed yet) may hold at most half the workers, so
+// IdPs that answer slowly or not at all cannot starve healthy providers'
+// refreshes: each slow fetch can hold a worker for its whole Deadline.
+// Slow providers beyond that wait in line, without polling, and each
 // released slot goes to the next in line.
 type scheduler struct {
 	m     *Manager
 	wake  chan struct{} // buffered(1): the earliest due time may have changed
 	ready chan struct{} // buffered(workers): the queue has work
 
-	mu         sync.Mutex // guards the fields below and every provider's due, heapIdx, queued, failWaiting and failGranted
-	h          provHeap
-	queue      []*provider // due for a worker, oldest first
-	failing    int         // worker slots held by providers whose last fetch failed
-	maxFailing int
-	failWait   []*provider // failing providers waiting for a slot, oldest first
+	mu       sync.Mutex // guards the fields below and every provider's due, heapIdx, queued, slowWaiting and slowGranted
+	h        provHeap
+	queue    []*provider // due for a worker, oldest first
+	slow     int         // worker slots held by slow providers
+	maxSlow  int
+	slowWait []*provider // slow providers waiting for a slot, oldest first
 }
 
 func newScheduler(m *Manager, workers int) *scheduler {
 	return &scheduler{
-		m:          m,
-		wake:       make(chan struct{}, 1),
-		ready:      make(chan struct{}, workers),
-		maxFailing: max(1, workers/2),
+		m:       m,
+		wake:    make(chan struct{}, 1),
+		ready:   make(chan struct{}, workers),
+		maxSlow: max(1, workers/2),
 	}
 }
 
 // schedule sets (or moves) p's visit to at. Callers hold p.mu and have
-// checked that p is not removed, so a visit is never scheduled for a
-// provider that Unregister has taken out.
+// checked that p is not removed, so a visit is rarely scheduled for a
+// provider that Unregister has taken out (and such a visit does nothing).
 func (s *scheduler) schedule(p *provider, at time.Time) {
 	s.mu.Lock()
 	first := len(s.h) == 0 || at.Before(s.h[0].due)
@@ -64,7 +69,8 @@ func (s *scheduler) schedule(p *provider, at time.Time) {
 	}
 }
 
-// remove drops p from the heap. Callers hold p.mu.
+// remove drops p from the heap. A removed provider still in the queue or
+// in line for a slow slot is skipped when its turn comes.
 func (s *scheduler) remove(p *provider) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -83,7 +89,9 @@ func (s *scheduler) run(ctx context.Context) {
 		wait := time.Duration(-1)
 		s.mu.Lock()
 		for len(s.h) > 0 && !s.h[0].due.After(now) {
-			due = append(due, heap.Pop(&s.h).(*provider))
+			if p, ok := heap.Pop(&s.h).(*provider); ok {
+				due = append(due, p)
+			}
 		}
 		if len(s.h) > 0 {
 			wait = s.h[0].due.Sub(now)
@@ -91,7 +99,7 @@ func (s *scheduler) run(ctx context.Context) {
 		s.mu.Unlock()
 		if len(due) > 0 {
 			for i, p := range due {
-				if p.expire(now) {
+				if s.expire(p, now) {
 					s.enqueue(p)
 				}
 				due[i] = nil
@@ -114,6 +122,40 @@ func (s *scheduler) run(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// expire is the timer goroutine's look at p when it comes due: it
+// withdraws keys whose stale window has run out and reports whether a
+// refresh is due. It keeps p in the heap at the end of its stale window
+// while a refresh is pending or running, and at its next due time
+// otherwise. It does no I/O and runs no user code (events are queued).
+func (s *scheduler) expire(p *provider, now time.Time) (refresh bool) {
+	var evs []Event
+	func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.removed.Load() {
+			return
+		}
+		if sn := p.snap.Load(); sn != nil && !now.Before(sn.staleUntil) {
+			p.snap.Store(nil)
+			evs = p.setStateLocked(StateEmpty, evs)
+			if p.nextRefresh.After(now) && p.errorCount == 0 {
+				p.nextRefresh = now
+			}
+		}
+		refresh = !p.inflight && !now.Before(p.nextRefresh)
+		if !refresh && !p.inflight {
+			s.schedule(p, p.nextDueLocked())
+			return
+		}
+		// A refresh is pending or running: watch the stale window.
+		if sn := p.snap.Load(); sn != nil {
+			s.schedule(p, sn.staleUntil)
+		}
+	}()
+	p.emit(evs)
+	return refresh
 }
 
 // enqueue hands p to the workers.
@@ -159,65 +201,112 @@ func (s *scheduler) worker(ctx context.Context) {
 	}
 }
 
-// takeGrant reports whether p was handed a failing slot while it waited,
-// and clears the grant: the caller now holds the slot.
+// takeGrant reports whether p was handed a slow slot while it waited, and
+// clears the grant: the caller now holds the slot.
 func (s *scheduler) takeGrant(p *provider) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	g := p.failGranted
-	p.failGranted = false
+	g := p.slowGranted
+	p.slowGranted = false
 	return g
 }
 
-// acquireOrWait reserves a slot for failing provider p, or puts p in line
+// acquireOrWait reserves a slot for slow provider p, or puts p in line
 // for the next slot released and returns false.
 func (s *scheduler) acquireOrWait(p *provider) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.failing < s.maxFailing {
-		s.failing++
+	if s.slow < s.maxSlow {
+		s.slow++
 		return true
 	}
-	if !p.failWaiting {
-		p.failWaiting = true
-		s.failWait = append(s.failWait, p)
+	if !p.slowWaiting {
+		p.slowWaiting = true
+		s.slowWait = append(s.slowWait, p)
 	}
 	return false
 }
 
-// releaseFailing hands the slot to the next provider in line, or frees it.
-func (s *scheduler) releaseFailing() {
+// releaseSlow hands the slot to the next provider in line, or frees it.
+// Removed providers in line are skipped.
+func (s *scheduler) releaseSlow() {
 	s.mu.Lock()
-	if len(s.failWait) == 0 {
-		s.failing--
+	var next *provider
+	for len(s.slowWait) > 0 {
+		p := s.slowWait[0]
+		s.slowWait[0] = nil
+		s.slowWait = s.slowWait[1:]
+		p.slowWaiting = false
+		if !p.removed.Load() {
+			next = p
+			break
+		}
+	}
+	if next == nil {
+		s.slow--
 		s.mu.Unlock()
 		return
 	}
-	p := s.failWait[0]
-	s.failWait[0] = nil
-	s.failWait = s.failWait[1:]
-	p.failWaiting = false
-	p.failGranted = true
+	next.slowGranted = true
 	s.mu.Unlock()
-	s.enqueue(p)
+	s.enqueue(next)
 }
 
-// visit runs p.tick, turning a panic into a logged error so one bad
-// provider cannot take the pool down.
+// visit is a worker's visit to p: it refreshes p if the refresh is (still)
+// due. A slow provider needs one of the slow slots, or waits in line for
+// one. A panic is recovered, logged and counted, so one bad provider cannot
+// take the pool down; the recovery takes no lock of p's.
 func (s *scheduler) visit(p *provider) {
+	held := s.takeGrant(p)
 	defer func() {
+		if held {
+			s.releaseSlow()
+		}
 		if r := recover(); r != nil {
 			s.m.panics.Add(1)
-			s.m.log.LogAttrs(context.Background(), slog.LevelError, "jwkscache: panic in refresh worker",
-				slog.String("tenant", p.key.tenant), slog.String("provider", p.key.provider), slog.String("panic", fmt.Sprint(r)))
-			p.mu.Lock()
-			if !p.removed {
+			s.m.logf(p, slog.LevelError, "jwkscache: panic in refresh worker",
+				slog.String("tenant", p.key.tenant), slog.String("provider", p.key.provider),
+				slog.String("panic", capText(fmt.Sprint(r))), slog.String("stack", stackTrace()))
+			if !p.removed.Load() {
 				s.schedule(p, time.Now().Add(failureBackoffMax))
 			}
-			p.mu.Unlock()
 		}
 	}()
-	p.tick()
+	now := time.Now()
+	var (
+		slow bool
+		seen uint64
+		due  bool
+	)
+	func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.removed.Load() || p.inflight {
+			return
+		}
+		if now.Before(p.nextRefresh) {
+			s.schedule(p, p.nextDueLocked())
+			return
+		}
+		due, slow, seen = true, p.slow, p.applied.Load()
+	}()
+	if !due {
+		return
+	}
+	if slow && !held {
+		if !s.acquireOrWait(p) {
+			return // in line; the heap still watches the stale window
+		}
+		held = true
+	}
+	_ = p.refreshNow(seen, reasonScheduled) // apply reschedules
+	// The flight may have been another caller's that ended before ours
+	// began: make sure p stays scheduled.
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.removed.Load() && !p.inflight {
+		s.schedule(p, p.nextDueLocked())
+	}
 }
 
 // provHeap is a min-heap of providers by due time.
@@ -231,9 +320,10 @@ func (h provHeap) Swap(i, j int) {
 	h[j].heapIdx = j
 }
 func (h *provHeap) Push(x any) {
-	p := x.(*provider)
-	p.heapIdx = len(*h)
-	*h = append(*h, p)
+	if p, ok := x.(*provider); ok {
+		p.heapIdx = len(*h)
+		*h = append(*h, p)
+	}
 }
 func (h *provHeap) Pop() any {
 	old := *h

@@ -21,13 +21,34 @@ type snapshot struct {
 	expiresAt  time.Time // end of freshness
 	staleUntil time.Time // end of the stale-while-error window
 	ttlSource  string    // how the TTL was derived: max-age, no-cache, expires, default, ...
+	source     snapshotSource
+}
+
+// snapshotSource says where a snapshot's latest exchange came from. The
+// values are stable: they show in ProviderStatus.Source and label metrics.
+type snapshotSource uint8
+
+const (
+	sourceNetwork snapshotSource = iota // fetched from the identity provider
+	sourceStore                         // restored from the Store
+	sourceFleet                         // adopted from another instance of the fleet
+)
+
+var sourceNames = [...]string{"network", "store", "fleet"}
+
+func (s snapshotSource) String() string {
+	if int(s) < len(sourceNames) {
+		return sourceNames[s]
+	}
+	return "unknown"
 }
 
 // renewed returns a copy of s with the freshness of a new exchange that
 // confirmed its content.
-func (s *snapshot) renewed(val validators, fresh freshness, at time.Time, stale time.Duration) *snapshot {
+func (s *snapshot) renewed(val validators, fresh freshness, at time.Time, stale time.Duration, src snapshotSource) *snapshot {
 	n := *s
 	n.validators = val
+	n.source = src
 	n.setTimes(fresh, at, stale)
 	return &n
 }

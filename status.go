@@ -57,7 +57,7 @@ func (m *Manager) Status(tenant, providerID string) (ProviderStatus, error) {
 // Statuses returns the status of every provider, sorted by tenant, then
 // provider. It is empty after Close.
 func (m *Manager) Statuses() []ProviderStatus {
-	ps := m.reg.all()
+	ps := m.providers.all()
 	out := make([]ProviderStatus, 0, len(ps))
 	for _, p := range ps {
 		out = append(out, p.status())
@@ -71,7 +71,7 @@ func (m *Manager) Statuses() []ProviderStatus {
 func (p *provider) status() ProviderStatus {
 	now := time.Now()
 	p.mu.Lock()
-	reg := p.reg()
+	reg := p.registration()
 	st := ProviderStatus{
 		TenantID:    p.key.tenant,
 		ProviderID:  p.key.provider,
@@ -110,5 +110,6 @@ func (p *provider) status() ProviderStatus {
 	st.DeniedKIDs = p.deniedKIDs()
 	st.Hits = p.m.hits.load(p.slot)
 	st.Misses = p.misses.Load()
+	st.EventsDropped = p.eventsDropped.Load()
 	return st
 }

@@ -18,7 +18,10 @@ import (
 func (p *IdP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rep := p.respond(r)
 	if rep.delay > 0 && wait(r.Context(), rep.delay) != nil {
-		return // the client went away
+		// The client went away. Returning would send an empty 200, which a
+		// client that has not yet seen its own deadline would read as a
+		// (malformed) document: abort the response instead.
+		panic(http.ErrAbortHandler)
 	}
 	switch rep.fail {
 	case failReset:
