@@ -42,6 +42,7 @@ type Manager struct {
 	sched     *scheduler
 
 	kidBudget kidBudget
+	docs      documents
 	panics    atomic.Uint64
 	// flights shares one fetch per provider among every caller: the
 	// scheduler, lookups of a cold provider or an unknown kid, Refresh. One

@@ -41,13 +41,22 @@ type Options struct {
 	HTTPClient *http.Client
 
 	// Logger receives structured logs. Tokens and key material are never
-	// logged. Default: nil, no logging.
+	// logged, and every attribute derived from upstream data is capped
+	// (1 KiB). Its handler is user code: it runs on the Manager's delivery
+	// goroutine (see OnEvent), never on a lookup, a refresh worker or the
+	// scheduler, so a slow handler cannot stall the cache. Default: nil, no
+	// logging.
 	Logger *slog.Logger
 
 	// OnEvent, when set, is called for key set changes, state changes and
-	// failed refreshes. It is called synchronously from the goroutine that
-	// caused the event, so it must be fast and must not call back into the
-	// Manager. Default: nil.
+	// failed refreshes. Events and log records are queued (at most 1,024)
+	// and delivered in order by one goroutine the Manager owns, which holds
+	// no engine lock: OnEvent may call the Manager. When the queue is full,
+	// as when OnEvent blocks, new items are dropped and counted in
+	// ProviderStatus.EventsDropped; lookups, refreshes and expiry go on
+	// regardless. After Close nothing more is delivered, and Close does not
+	// wait for a callback that does not return. A panic in OnEvent is
+	// recovered and logged. Default: nil.
 	OnEvent func(Event)
 
 	// RefreshWorkers bounds how many fetches the background scheduler runs

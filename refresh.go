@@ -277,7 +277,7 @@ func (p *provider) applyLocked(o *outcome, now time.Time, evs []Event) []Event {
 		var ns *snapshot
 		res := o.res
 		switch {
-		case old != nil && (res.NotModified || old.url == o.url && old.hash == res.Hash):
+		case old != nil && (res.NotModified || old.url == o.url && old.doc.hash == res.Hash):
 			ns = old.renewed(res.Validators, res.Fresh, res.FetchedAt, o.reg.staleWindow(), o.source)
 			o.result = resultNotModified
 		case res.NotModified:
@@ -285,7 +285,8 @@ func (p *provider) applyLocked(o *outcome, now time.Time, evs []Event) []Event {
 			// sent only with a snapshot. Treat it as a protocol error.
 			o.err = &FetchError{TenantID: o.reg.TenantID, ProviderID: o.reg.ProviderID, URL: o.url, Class: ClassStatus, StatusCode: 304, Err: errors.New("304 without a cached copy")}
 		default:
-			ns = &snapshot{keys: res.Keys, raw: res.Body, hash: res.Hash, url: o.url, issuer: issuer, validators: res.Validators, source: o.source}
+			doc := p.m.docs.intern(res.Hash, res.Body, res.Keys)
+			ns = &snapshot{keys: doc.keys, doc: doc, url: o.url, issuer: issuer, validators: res.Validators, source: o.source}
 			ns.setTimes(res.Fresh, res.FetchedAt, o.reg.staleWindow())
 			o.result = resultUpdated
 			p.negative = nil

@@ -11,11 +11,10 @@ import "time"
 // All times are absolute, so a snapshot saved and restored later keeps its
 // remaining lifetime rather than gaining a fresh TTL.
 type snapshot struct {
-	keys       *keySet
-	raw        []byte   // the JWKS as served (after decompression)
-	hash       [32]byte // SHA-256 of raw
-	url        string   // the JWKS URL it was fetched from
-	issuer     string   // the Issuer tokens verified with these keys must carry ("" = any)
+	keys       *keySet   // doc.keys, on the lookup path without an indirection
+	doc        *document // the JWKS as served, shared with providers serving the same bytes
+	url        string    // the JWKS URL it was fetched from
+	issuer     string    // the Issuer tokens verified with these keys must carry ("" = any)
 	validators validators
 	fetchedAt  time.Time // last successful exchange (200 or 304)
 	expiresAt  time.Time // end of freshness

@@ -1,0 +1,93 @@
+package jwkscache
+
+import (
+	"runtime"
+	"testing"
+	"testing/synctest"
+
+	"github.com/jwkscache/jwkscache/internal/testidp"
+)
+
+// Providers whose IdPs serve identical bytes share one parsed document;
+// different bytes get their own; a document no provider serves any more is
+// collected and its entry dropped.
+func TestDocumentsShared(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		idp, _ := testidp.NewDefault()
+		idp.SetKeys("/other/jwks.json", testidp.NewKey("ES256", "other-1"))
+		m := mtManager(t, idp, Options{})
+		mtLoad(t, m, "t1", "google", mtURL)
+		mtLoad(t, m, "t2", "google", mtURL)
+		mtLoad(t, m, "t3", "own", mtHost+"/other/jwks.json")
+		snap := func(tenant, provider string) *snapshot {
+			return m.providers.get(tenant, provider).snap.Load()
+		}
+		a, b, c := snap("t1", "google"), snap("t2", "google"), snap("t3", "own")
+		if a.doc != b.doc || a.keys != b.keys {
+			t.Errorf("two providers serving the same bytes hold two documents")
+		}
+		if a.doc == c.doc {
+			t.Errorf("different bytes share a document")
+		}
+		if a.keys != a.doc.keys {
+			t.Errorf("snapshot.keys is not its document's keys")
+		}
+		if n := m.docs.len(); n != 2 {
+			t.Errorf("%d interned documents, want 2", n)
+		}
+		a, b, c = nil, nil, nil
+		for _, id := range [][2]string{{"t1", "google"}, {"t2", "google"}, {"t3", "own"}} {
+			if err := m.Unregister(t.Context(), id[0], id[1]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range 10 {
+			runtime.GC()
+			synctest.Wait()
+			if m.docs.len() == 0 {
+				break
+			}
+		}
+		if n := m.docs.len(); n != 0 {
+			t.Errorf("%d interned documents after every provider went, want 0", n)
+		}
+	})
+}
+
+// A hit slot goes back to the free list only once its provider is
+// unreachable, so a lookup holding the provider can never count into a
+// slot another pair has taken (issue 6, item 6).
+func TestHitSlotReleasedWhenUnreachable(t *testing.T) {
+	var c hitCounter
+	p := &provider{}
+	s := c.allocFor(p)
+	c.inc(s)
+	runtime.GC()
+	if n := len(c.free); n != 0 {
+		t.Fatalf("slot freed while its provider is reachable (%d free)", n)
+	}
+	if got := c.load(s); got != 1 {
+		t.Fatalf("slot count = %d, want 1", got)
+	}
+	runtime.KeepAlive(p)
+	p = nil
+	for range 20 {
+		runtime.GC()
+		c.mu.Lock()
+		n := len(c.free)
+		c.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		runtime.Gosched()
+	}
+	c.mu.Lock()
+	free := append([]uint32(nil), c.free...)
+	c.mu.Unlock()
+	if len(free) != 1 || free[0] != s {
+		t.Fatalf("free slots %v after the provider became unreachable, want [%d]", free, s)
+	}
+	if s2 := c.alloc(); s2 != s || c.load(s2) != 0 {
+		t.Fatalf("reused slot %d holds %d, want slot %d zeroed", s2, c.load(s2), s)
+	}
+}
