@@ -94,26 +94,37 @@ func BenchmarkKeyDuringFlood(b *testing.B) {
 // provider after GC and the goroutines added. The "mem" variants use the
 // test IdP's in-memory transport and so measure the cache itself; the "tls"
 // variants fetch from a loopback TLS server, whose HTTP and TLS work (both
-// ends on the same two cores) then dominates.
+// ends on the same two cores) then dominates. In those, every provider
+// fetches the same document (tenants of one IdP), which the cache keeps
+// once; "mem-distinct" gives each provider a key of its own (one IdP per
+// tenant), the worst case for memory.
 func BenchmarkWarmup(b *testing.B) {
-	for _, tr := range []string{"mem", "tls"} {
+	for _, tr := range []string{"mem", "mem-distinct", "tls"} {
 		for _, n := range []int{10_000, 100_000} {
 			b.Run(tr+"/"+strconv.Itoa(n), func(b *testing.B) {
-				if testing.Short() && n > 10_000 {
-					b.Skip("-short")
+				if (testing.Short() || tr == "mem-distinct") && n > 10_000 {
+					b.Skip("-short, or distinct keys for 100,000")
 				}
 				for b.Loop() {
-					benchWarmup(b, n, tr == "tls")
+					benchWarmup(b, n, tr == "tls", tr == "mem-distinct")
 				}
 			})
 		}
 	}
 }
 
-func benchWarmup(b *testing.B, n int, useTLS bool) {
+func benchWarmup(b *testing.B, n int, useTLS, distinct bool) {
 	idp := testidp.New()
 	idp.SetKeys(testidp.DefaultPath, testidp.NewKey("ES256", "ec-1"))
 	idp.SetHeader(testidp.DefaultPath, "Cache-Control", "max-age=86400")
+	path := func(int) string { return testidp.DefaultPath }
+	if distinct {
+		path = func(i int) string { return "/p" + strconv.Itoa(i) + "/jwks.json" }
+		for i := range n {
+			idp.SetKeys(path(i), testidp.NewKey("ES256", "ec-"+strconv.Itoa(i)))
+			idp.SetHeader(path(i), "Cache-Control", "max-age=86400")
+		}
+	}
 	base := "https://idp.test"
 	opts := Options{HTTPClient: idp.Client()}
 	if useTLS {
@@ -146,7 +157,7 @@ func benchWarmup(b *testing.B, n int, useTLS bool) {
 	start := time.Now()
 	ctx := context.Background()
 	for i := range n {
-		err := m.Register(ctx, Registration{TenantID: "t" + strconv.Itoa(i%100), ProviderID: "p" + strconv.Itoa(i), JWKSURL: base + testidp.DefaultPath})
+		err := m.Register(ctx, Registration{TenantID: "t" + strconv.Itoa(i%100), ProviderID: "p" + strconv.Itoa(i), JWKSURL: base + path(i)})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -179,7 +190,7 @@ func benchWarmup(b *testing.B, n int, useTLS bool) {
 	b.ReportMetric(took.Seconds(), "warm-s")
 	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(n), "heap-B/provider")
 	b.ReportMetric(float64(runtime.NumGoroutine()-g0), "goroutines-added")
-	if got := idp.Requests(testidp.DefaultPath); got != n {
+	if got := idp.TotalRequests(); got != n {
 		b.Fatalf("IdP requests = %d, want %d", got, n)
 	}
 	runtime.KeepAlive(m)
