@@ -1,6 +1,7 @@
 package jwkscache
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strconv"
@@ -214,3 +215,33 @@ func (e *OptionsError) Error() string {
 
 // Is matches ErrInvalidOptions.
 func (e *OptionsError) Is(target error) bool { return target == ErrInvalidOptions }
+
+// KeysUnavailable reports whether err, from a lookup or a Keyfunc, means
+// that the keys needed to verify a token are unavailable for now (answer
+// 503 with Retry-After: try later) rather than that the token is at fault
+// (answer 401). An error can match several sentinels at once (an unknown
+// kid during an outage is both ErrKeyNotFound and ErrUpstream), so the
+// order of the checks decides; this is the order, first match wins:
+//
+//	ErrNoKeys                no usable keys: never loaded, stale window over,
+//	                         a set without usable keys, a refused address   unavailable
+//	a failed fetch           a refresh the token needed failed: *FetchError
+//	                         (ErrUpstream, ErrTooLarge, a pin mismatch)     unavailable
+//	ErrClosed                the Manager is closed                          unavailable
+//	context errors           the caller's budget ran out waiting for keys   unavailable
+//	anything else            ErrKeyNotFound, ErrKeyDenied, ErrNotRegistered,
+//	                         jwt validation errors (issuer, expiry, ...)    the token
+//
+// A nil error is not unavailable.
+func KeysUnavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	var (
+		fe *FetchError
+		pe *panicError
+	)
+	return errors.Is(err, ErrNoKeys) || errors.As(err, &fe) || errors.Is(err, ErrUpstream) ||
+		errors.As(err, &pe) || errors.Is(err, ErrClosed) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
+}

@@ -32,13 +32,96 @@ func (m *Manager) Keyfunc(tenant, providerID string) jwt.Keyfunc {
 		if p == nil {
 			return nil, m.notRegistered(tenant, providerID)
 		}
-		return m.tokenKey(nil, p, t)
+		return m.tokenKey(nil, p, t, tokenIssuer(t))
 	}
 }
 
-// tokenKey finds the key for token t in p's keys. A nil ctx bounds the
-// waits by the registration's retry Deadline.
-func (m *Manager) tokenKey(ctx context.Context, p *provider, t *jwt.Token) (any, error) {
+// KeyfuncContext is Keyfunc for one request: every wait for keys (a cold
+// load, an unknown kid's refresh) also ends when ctx ends, and the error
+// then has ctx's error in its chain. Use it where a request has a budget:
+//
+//	kf := m.KeyfuncContext(r.Context(), "acme", "auth0")
+//
+// The fetch a caller waits on is shared and runs on the Manager's context:
+// a caller that gives up does not cancel it for the others.
+func (m *Manager) KeyfuncContext(ctx context.Context, tenant, providerID string) jwt.Keyfunc {
+	return func(t *jwt.Token) (any, error) {
+		p := m.providers.get(tenant, providerID)
+		if p == nil {
+			return nil, m.notRegistered(tenant, providerID)
+		}
+		return m.tokenKey(ctx, p, t, tokenIssuer(t))
+	}
+}
+
+// TenantKeyfunc returns a jwt.Keyfunc that routes each token to the
+// tenant's provider whose Registration.Issuer equals the token's iss claim
+// exactly, then behaves as that provider's Keyfunc. Finding the provider is
+// one map lookup, whatever the tenant's number of providers. A token
+// without iss, or whose iss no provider of the tenant has, is refused
+// without any fetch, with an error matching jwt.ErrTokenInvalidIssuer and
+// ErrNotRegistered. Providers registered without an Issuer are never
+// chosen. Register refuses two providers of one tenant with the same
+// Issuer, so the route is never ambiguous.
+func (m *Manager) TenantKeyfunc(tenant string) jwt.Keyfunc {
+	return m.tenantKeyfunc(nil, tenant)
+}
+
+// TenantKeyfuncContext is TenantKeyfunc whose waits also end with ctx, as
+// in KeyfuncContext.
+func (m *Manager) TenantKeyfuncContext(ctx context.Context, tenant string) jwt.Keyfunc {
+	return m.tenantKeyfunc(ctx, tenant)
+}
+
+// tenantKeyfunc is TenantKeyfuncContext; a nil ctx bounds waits by each
+// registration's Deadline alone.
+func (m *Manager) tenantKeyfunc(ctx context.Context, tenant string) jwt.Keyfunc {
+	return func(t *jwt.Token) (any, error) {
+		iss := tokenIssuer(t)
+		var p *provider
+		if iss != "" {
+			p = m.providers.byIssuer(tenant, iss)
+		}
+		if p == nil {
+			if m.closed.Load() {
+				return nil, ErrClosed
+			}
+			return nil, &ProviderError{TenantID: tenant, Op: "keyfunc", Err: &unknownIssuerError{iss: iss}}
+		}
+		return m.tokenKey(ctx, p, t, iss)
+	}
+}
+
+// tokenIssuer returns t's iss claim, "" when it has none or it is not a
+// string.
+func tokenIssuer(t *jwt.Token) string {
+	if t.Claims == nil {
+		return ""
+	}
+	iss, err := t.Claims.GetIssuer()
+	if err != nil {
+		return ""
+	}
+	return iss
+}
+
+// unknownIssuerError is a token whose issuer no provider of the tenant has.
+type unknownIssuerError struct{ iss string }
+
+func (e *unknownIssuerError) Error() string {
+	if e.iss == "" {
+		return "token has no iss claim to route it by"
+	}
+	return "no provider has the token's issuer " + showID(e.iss)
+}
+
+func (e *unknownIssuerError) Unwrap() []error {
+	return []error{jwt.ErrTokenInvalidIssuer, ErrNotRegistered}
+}
+
+// tokenKey finds the key for token t in p's keys. Waits are bounded by the
+// registration's retry Deadline and, when it is not nil, by ctx.
+func (m *Manager) tokenKey(ctx context.Context, p *provider, t *jwt.Token, iss string) (any, error) {
 	tenant, providerID := p.key.tenant, p.key.provider
 	kid := ""
 	if v, ok := t.Header["kid"]; ok {
@@ -65,7 +148,7 @@ func (m *Manager) tokenKey(ctx context.Context, p *provider, t *jwt.Token) (any,
 	if s != nil {
 		issuer = s.issuer
 	}
-	if err := checkIssuer(t, issuer, tenant, providerID); err != nil {
+	if err := checkIssuer(iss, issuer, tenant, providerID); err != nil {
 		return nil, err
 	}
 	if s != nil && !p.isDenied(kid) {
@@ -76,28 +159,26 @@ func (m *Manager) tokenKey(ctx context.Context, p *provider, t *jwt.Token) (any,
 		}
 	}
 	if ctx == nil {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(m.ctx, p.registration().Retry.Deadline)
-		defer cancel()
+		ctx = m.ctx
 	}
+	ctx, cancel := context.WithTimeout(ctx, p.registration().Retry.Deadline)
+	defer cancel()
 	k, found, err := m.keySlow(ctx, p, kid, "keyfunc", func(ks *keySet) (*typedKey, error) { return ks.lookupAlg(kid, alg) })
 	if err != nil {
 		return nil, err
 	}
 	if found != s {
-		if err := checkIssuer(t, found.issuer, tenant, providerID); err != nil {
+		if err := checkIssuer(iss, found.issuer, tenant, providerID); err != nil {
 			return nil, err
 		}
 	}
 	return k.jwk.Key, nil
 }
 
-// checkIssuer refuses t unless issuer is "" or equals t's iss claim.
-func checkIssuer(t *jwt.Token, issuer, tenant, providerID string) error {
-	if issuer == "" {
-		return nil
-	}
-	if iss, err := t.Claims.GetIssuer(); err == nil && iss == issuer {
+// checkIssuer refuses a token whose iss claim is iss unless issuer is ""
+// or equals it.
+func checkIssuer(iss, issuer, tenant, providerID string) error {
+	if issuer == "" || iss == issuer {
 		return nil
 	}
 	return fmt.Errorf("jwkscache: %s/%s: %w: token issuer does not match the registered issuer %s",

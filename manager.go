@@ -198,8 +198,17 @@ func (m *Manager) Register(ctx context.Context, reg Registration) error {
 	if m.closed.Load() {
 		return ErrClosed
 	}
+	if other := m.providers.issuerOwnerLocked(r.TenantID, r.Issuer, r.key()); other != nil {
+		// Issuer routing (TenantKeyfunc) needs one provider per issuer.
+		return &RegistrationError{TenantID: r.TenantID, ProviderID: r.ProviderID, Fields: []FieldError{{
+			Field:   "issuer",
+			Message: fmt.Sprintf("provider %q of tenant %q already has this issuer", other.key.provider, r.TenantID),
+		}}}
+	}
 	if p := m.providers.get(r.TenantID, r.ProviderID); p != nil {
+		old := p.registration().Issuer
 		m.update(p, &r, now)
+		m.providers.setIssuerLocked(p, old, r.Issuer)
 		return nil
 	}
 	p := &provider{m: m, key: r.key(), id: m.seq.Add(1), heapIdx: -1, jwksURL: r.JWKSURL, nextRefresh: now, slow: true}
@@ -207,6 +216,7 @@ func (m *Manager) Register(ctx context.Context, reg Registration) error {
 	p.cfg.Store(&r)
 	m.fetcher.acquirePins(r.pins())
 	m.providers.addLocked(p)
+	m.providers.setIssuerLocked(p, "", r.Issuer)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	m.sched.schedule(p, now)
@@ -273,6 +283,7 @@ func (m *Manager) Unregister(ctx context.Context, tenant, providerID string) err
 	p.removed.Store(true)
 	m.sched.remove(p)
 	p.snap.Store(nil)
+	m.providers.setIssuerLocked(p, p.registration().Issuer, "")
 	m.fetcher.releasePins(p.registration().pins())
 	// A reader that found p just before may still count a hit into its
 	// slot: the slot is reused only once p is unreachable (see hitCounter).

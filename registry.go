@@ -19,6 +19,46 @@ type registry struct {
 	mu    sync.Mutex // serialises writers; guards n
 	n     int
 	table atomic.Pointer[regTable]
+	// issuers maps (tenant, Issuer) to the tenant's provider of that
+	// Issuer, for issuer routing (TenantKeyfunc): one lookup whatever the
+	// number of providers. Written under mu; read without a lock.
+	issuers sync.Map // issuerKey -> *provider
+}
+
+// issuerKey names a tenant's provider by its Issuer.
+type issuerKey struct{ tenant, issuer string }
+
+// byIssuer returns the tenant's provider whose Issuer is iss, or nil.
+func (r *registry) byIssuer(tenant, iss string) *provider {
+	if v, ok := r.issuers.Load(issuerKey{tenant, iss}); ok {
+		if p, ok := v.(*provider); ok {
+			return p
+		}
+	}
+	return nil
+}
+
+// issuerOwnerLocked returns the provider of tenant other than self that
+// has Issuer iss, or nil. r.mu must be held.
+func (r *registry) issuerOwnerLocked(tenant, iss string, self providerKey) *provider {
+	if iss == "" {
+		return nil
+	}
+	if p := r.byIssuer(tenant, iss); p != nil && p.key != self {
+		return p
+	}
+	return nil
+}
+
+// setIssuerLocked moves p's index entry from the Issuer old to new. r.mu
+// must be held.
+func (r *registry) setIssuerLocked(p *provider, old, new string) {
+	if old != "" {
+		r.issuers.CompareAndDelete(issuerKey{p.key.tenant, old}, p)
+	}
+	if new != "" {
+		r.issuers.Store(issuerKey{p.key.tenant, new}, p)
+	}
 }
 
 type regTable struct {
@@ -154,6 +194,7 @@ func (r *registry) clear() []*provider {
 	defer r.mu.Unlock()
 	all := r.all()
 	r.table.Store(newRegTable(64))
+	r.issuers.Clear()
 	r.n = 0
 	return all
 }
