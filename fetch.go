@@ -544,35 +544,108 @@ func (f *fetcher) guardDial(network, address string, _ syscall.RawConn) error {
 }
 
 // blockedRanges are refused by the dial guard: they reach the machine itself,
-// its private networks or cloud metadata services rather than a public IdP.
+// its private networks, cloud metadata services, local infrastructure or
+// nothing at all, rather than a public IdP.
+//
+// The list holds every entry of the IANA IPv4 and IPv6 Special-Purpose
+// Address Registries (RFC 6890 and its updates, through RFC 9637 and the
+// IPv6 dummy prefix), plus multicast, IPv4-compatible and site-local IPv6
+// from the address space registries. Entries with "Globally Reachable =
+// False" (or N/A) are blocked as a matter of course. The globally reachable
+// ones are blocked too, each for the reason noted: none of them can host an
+// identity provider, and several reach a nearby device rather than a
+// distant server. More specific entries come first, so that the reason
+// names the exact registry entry. Beyond the list, checkAddr refuses IPv6
+// outside 2000::/3, the only space IANA allocates for global unicast.
 var blockedRanges = func() []struct {
 	p      netip.Prefix
 	reason string
 } {
 	list := []struct{ cidr, reason string }{
-		{"0.0.0.0/8", "in the \"this network\" range"},
+		// IANA IPv4 Special-Purpose Address Registry.
+		{"0.0.0.0/32", "\"this host on this network\" (RFC 1122)"},
+		{"0.0.0.0/8", "in the \"this network\" range (RFC 791)"},
 		{"10.0.0.0/8", "private (RFC 1918)"},
-		{"100.64.0.0/10", "carrier-grade NAT (RFC 6598)"},
+		{"100.64.0.0/10", "carrier-grade NAT shared space (RFC 6598)"},
 		{"127.0.0.0/8", "loopback"},
 		{"169.254.0.0/16", "link-local (includes the 169.254.169.254 metadata service)"},
 		{"172.16.0.0/12", "private (RFC 1918)"},
-		{"192.0.0.0/24", "IETF protocol assignments"},
+		{"192.0.0.0/29", "the IPv4 service continuity prefix (DS-Lite, RFC 7335)"},
+		{"192.0.0.8/32", "the IPv4 dummy address (RFC 7600)"},
+		// Globally reachable, blocked: the PCP anycast address reaches the
+		// nearest PCP server, typically the site's own NAT gateway.
+		{"192.0.0.9/32", "the PCP anycast address (RFC 7723)"},
+		// Globally reachable, blocked: reaches the nearest TURN server, an
+		// operator's relay, never an IdP.
+		{"192.0.0.10/32", "the TURN anycast address (RFC 8155)"},
+		{"192.0.0.170/31", "NAT64/DNS64 discovery (RFC 7050)"},
+		{"192.0.0.0/24", "IETF protocol assignments (RFC 6890)"},
+		{"192.0.2.0/24", "documentation (TEST-NET-1, RFC 5737)"},
+		// Globally reachable, blocked: AS112 instances are anycast DNS sinks
+		// for reverse lookups of private space, often run inside the local
+		// network; they serve no HTTPS.
+		{"192.31.196.0/24", "AS112 DNS (RFC 7535)"},
+		// Globally reachable, blocked: anycast relays of Automatic Multicast
+		// Tunneling, not web servers.
+		{"192.52.193.0/24", "AMT relay anycast (RFC 7450)"},
+		// Includes 192.88.99.2/32, the 6a44 relay anycast address (RFC 6751).
+		{"192.88.99.0/24", "deprecated 6to4 relay anycast (RFC 7526)"},
 		{"192.168.0.0/16", "private (RFC 1918)"},
+		// Globally reachable, blocked: as 192.31.196.0/24.
+		{"192.175.48.0/24", "AS112 direct delegation DNS (RFC 7534)"},
 		{"198.18.0.0/15", "benchmarking (RFC 2544)"},
+		{"198.51.100.0/24", "documentation (TEST-NET-2, RFC 5737)"},
+		{"203.0.113.0/24", "documentation (TEST-NET-3, RFC 5737)"},
+		{"255.255.255.255/32", "limited broadcast (RFC 919)"},
+		{"240.0.0.0/4", "reserved (RFC 1112)"},
+		// IPv4 multicast (its own registry).
 		{"224.0.0.0/4", "multicast"},
-		{"240.0.0.0/4", "reserved (includes broadcast)"},
+
+		// IANA IPv6 Special-Purpose Address Registry.
 		{"::/128", "unspecified"},
 		{"::1/128", "loopback"},
 		{"::ffff:0:0/96", "IPv4-mapped IPv6"},
-		{"64:ff9b::/96", "NAT64"},
-		{"2001::/32", "Teredo (tunnels to IPv4)"},
-		{"2002::/16", "6to4 (tunnels to IPv4)"},
-		{"2001:db8::/32", "documentation"},
-		{"192.0.2.0/24", "documentation"},
-		{"198.51.100.0/24", "documentation"},
-		{"203.0.113.0/24", "documentation"},
+		// Globally reachable, blocked: the translator is local, and an
+		// address can embed any IPv4 address, private ones included,
+		// where this check cannot see it. (RFC 6052 forbids embedding
+		// non-global addresses; a hostile DNS answer does not care.) An
+		// IPv6-only deployment behind DNS64 must list the prefix in
+		// Options.AllowedAddresses.
+		{"64:ff9b::/96", "NAT64 (RFC 6052)"},
+		{"64:ff9b:1::/48", "local-use NAT64 (RFC 8215)"},
+		{"100::/64", "discard-only (RFC 6666)"},
+		// draft-ietf-v6ops-dummy-ipv6-prefix; registered in 2025.
+		{"100:0:0:1::/64", "the dummy IPv6 prefix"},
+		{"2001::/32", "Teredo (tunnels to IPv4, RFC 4380)"},
+		// Globally reachable, blocked: as 192.0.0.9 and 192.0.0.10.
+		{"2001:1::1/128", "the PCP anycast address (RFC 7723)"},
+		{"2001:1::2/128", "the TURN anycast address (RFC 8155)"},
+		// Globally reachable, blocked: the anycast address of the DNS-SD
+		// registration protocol reaches a local registrar.
+		{"2001:1::3/128", "the DNS-SD SRP anycast address (RFC 9665)"},
+		{"2001:2::/48", "benchmarking (RFC 5180)"},
+		// Globally reachable, blocked: as 192.52.193.0/24.
+		{"2001:3::/32", "AMT (RFC 7450)"},
+		// Globally reachable, blocked: as 192.31.196.0/24.
+		{"2001:4:112::/48", "AS112 DNS (RFC 7535)"},
+		{"2001:10::/28", "deprecated ORCHID (RFC 4843)"},
+		// Globally reachable, blocked: ORCHIDs and DETs are identifiers
+		// (HIP host identities, drone remote IDs), not locators of servers.
+		{"2001:20::/28", "ORCHIDv2 identifiers (RFC 7343)"},
+		{"2001:30::/28", "drone remote ID entity tags (RFC 9374)"},
+		{"2001::/23", "IETF protocol assignments (RFC 2928)"},
+		{"2001:db8::/32", "documentation (RFC 3849)"},
+		{"2002::/16", "6to4 (tunnels to IPv4, RFC 3056)"},
+		// Globally reachable, blocked: as 192.31.196.0/24.
+		{"2620:4f:8000::/48", "AS112 direct delegation DNS (RFC 7534)"},
+		{"3fff::/20", "documentation (RFC 9637)"},
+		{"5f00::/16", "SRv6 segment identifiers (RFC 9602)"},
 		{"fc00::/7", "unique local (ULA)"},
 		{"fe80::/10", "link-local"},
+		// From the IPv6 address space registries, not the special-purpose
+		// one: deprecated forms that still reach IPv4 or a local site.
+		{"::/96", "IPv4-compatible IPv6 (deprecated, RFC 4291)"},
+		{"fec0::/10", "site-local (deprecated, RFC 3879)"},
 		{"ff00::/8", "multicast"},
 	}
 	out := make([]struct {
@@ -585,6 +658,10 @@ var blockedRanges = func() []struct {
 	}
 	return out
 }()
+
+// globalUnicast6 is the IPv6 global unicast space (RFC 4291 section 2.4,
+// IANA IPv6 Address Space): the rest is reserved by the IETF, or special.
+var globalUnicast6 = netip.MustParsePrefix("2000::/3")
 
 // checkAddr applies the address policy to one resolved address.
 func checkAddr(a netip.Addr, allowed []netip.Prefix) error {
@@ -600,6 +677,9 @@ func checkAddr(a netip.Addr, allowed []netip.Prefix) error {
 		if r.p.Contains(a) {
 			return &blockedAddressError{addr: a, reason: r.reason}
 		}
+	}
+	if a.Is6() && !globalUnicast6.Contains(a) {
+		return &blockedAddressError{addr: a, reason: "outside the IPv6 global unicast space 2000::/3"}
 	}
 	return nil
 }

@@ -1545,3 +1545,127 @@ func TestFetchDiscovery(t *testing.T) {
 		wantFetchError(t, err, ClassParse)
 	})
 }
+
+// TestCheckAddrIANARegistries lists every entry of the IANA IPv4 and IPv6
+// Special-Purpose Address Registries (and the special blocks of the address
+// space registries) with an address inside it, and the dial guard's
+// verdict without AllowedAddresses. Entries marked global are "Globally
+// Reachable = True" in the registry and blocked for the reason given in
+// blockedRanges. The allowed cases are the public neighbours of blocked
+// ranges.
+func TestCheckAddrIANARegistries(t *testing.T) {
+	for _, c := range []struct {
+		name, addr string
+		blocked    bool
+		reason     string // a substring of the refusal
+	}{
+		// IPv4 Special-Purpose Address Registry.
+		{"0.0.0.0/8 this network", "0.1.2.3", true, "this network"},
+		{"0.0.0.0/32 this host", "0.0.0.0", true, "this host"},
+		{"10.0.0.0/8 private", "10.200.0.1", true, "private"},
+		{"100.64.0.0/10 shared address space", "100.127.255.254", true, "carrier-grade NAT"},
+		{"127.0.0.0/8 loopback", "127.1.2.3", true, "loopback"},
+		{"169.254.0.0/16 link-local", "169.254.169.254", true, "link-local"},
+		{"172.16.0.0/12 private", "172.20.0.1", true, "private"},
+		{"192.0.0.0/24 IETF protocol assignments", "192.0.0.100", true, "IETF protocol assignments"},
+		{"192.0.0.0/29 IPv4 service continuity", "192.0.0.2", true, "service continuity"},
+		{"192.0.0.8/32 IPv4 dummy", "192.0.0.8", true, "dummy"},
+		{"192.0.0.9/32 PCP anycast (global)", "192.0.0.9", true, "PCP anycast"},
+		{"192.0.0.10/32 TURN anycast (global)", "192.0.0.10", true, "TURN anycast"},
+		{"192.0.0.170/32 NAT64 discovery", "192.0.0.170", true, "NAT64/DNS64 discovery"},
+		{"192.0.0.171/32 DNS64 discovery", "192.0.0.171", true, "NAT64/DNS64 discovery"},
+		{"192.0.2.0/24 TEST-NET-1", "192.0.2.55", true, "documentation"},
+		{"192.31.196.0/24 AS112-v4 (global)", "192.31.196.1", true, "AS112"},
+		{"192.52.193.0/24 AMT (global)", "192.52.193.1", true, "AMT"},
+		{"192.88.99.0/24 deprecated 6to4 relay anycast", "192.88.99.1", true, "6to4 relay"},
+		{"192.88.99.2/32 6a44 relay anycast", "192.88.99.2", true, "6to4 relay"},
+		{"192.168.0.0/16 private", "192.168.255.1", true, "private"},
+		{"192.175.48.0/24 AS112 direct delegation (global)", "192.175.48.6", true, "AS112"},
+		{"198.18.0.0/15 benchmarking", "198.19.255.1", true, "benchmarking"},
+		{"198.51.100.0/24 TEST-NET-2", "198.51.100.1", true, "documentation"},
+		{"203.0.113.0/24 TEST-NET-3", "203.0.113.254", true, "documentation"},
+		{"240.0.0.0/4 reserved", "250.1.2.3", true, "reserved"},
+		{"255.255.255.255/32 limited broadcast", "255.255.255.255", true, "broadcast"},
+		{"224.0.0.0/4 multicast (own registry)", "239.1.2.3", true, "multicast"},
+
+		// IPv6 Special-Purpose Address Registry.
+		{"::1/128 loopback", "::1", true, "loopback"},
+		{"::/128 unspecified", "::", true, "unspecified"},
+		{"::ffff:0:0/96 IPv4-mapped", "::ffff:8.8.8.8", true, "IPv4-mapped"},
+		{"64:ff9b::/96 NAT64 (global)", "64:ff9b::a00:1", true, "NAT64"},
+		{"64:ff9b:1::/48 local-use NAT64", "64:ff9b:1::a00:1", true, "local-use NAT64"},
+		{"100::/64 discard-only", "100::1", true, "discard-only"},
+		{"100:0:0:1::/64 dummy prefix", "100:0:0:1::1", true, "dummy"},
+		{"2001::/23 IETF protocol assignments", "2001:1ff::1", true, "IETF protocol assignments"},
+		{"2001::/32 Teredo", "2001:0:4136:e378::1", true, "Teredo"},
+		{"2001:1::1/128 PCP anycast (global)", "2001:1::1", true, "PCP anycast"},
+		{"2001:1::2/128 TURN anycast (global)", "2001:1::2", true, "TURN anycast"},
+		{"2001:1::3/128 DNS-SD SRP anycast (global)", "2001:1::3", true, "SRP anycast"},
+		{"2001:2::/48 benchmarking", "2001:2::1", true, "benchmarking"},
+		{"2001:3::/32 AMT (global)", "2001:3::1", true, "AMT"},
+		{"2001:4:112::/48 AS112-v6 (global)", "2001:4:112::1", true, "AS112"},
+		{"2001:10::/28 deprecated ORCHID", "2001:10::1", true, "ORCHID"},
+		{"2001:20::/28 ORCHIDv2 (global)", "2001:2f::1", true, "ORCHIDv2"},
+		{"2001:30::/28 drone remote ID DETs (global)", "2001:30::1", true, "drone remote ID"},
+		{"2001:db8::/32 documentation", "2001:db8::1", true, "documentation"},
+		{"2002::/16 6to4", "2002:a00:1::1", true, "6to4"},
+		{"2620:4f:8000::/48 AS112 direct delegation (global)", "2620:4f:8000::42", true, "AS112"},
+		{"3fff::/20 documentation (RFC 9637)", "3fff:fff::1", true, "documentation"},
+		{"5f00::/16 SRv6 SIDs", "5f00::1", true, "SRv6"},
+		{"fc00::/7 unique local", "fd00::1", true, "unique local"},
+		{"fe80::/10 link-local", "fe80::1", true, "link-local"},
+
+		// IPv6 address space registry: special blocks outside the
+		// special-purpose registry, and what is not global unicast.
+		{"::/96 IPv4-compatible", "::a00:1", true, "IPv4-compatible"},
+		{"::/96 IPv4-compatible public", "::8.8.8.8", true, "IPv4-compatible"},
+		{"fec0::/10 site-local", "fec0::1", true, "site-local"},
+		{"ff00::/8 multicast", "ff02::1", true, "multicast"},
+		{"::/8 reserved by the IETF", "::1:0:0:1", true, "global unicast"},
+		{"4000::/3 reserved by the IETF", "4000::1", true, "global unicast"},
+		{"e000::/4 reserved by the IETF", "e000::1", true, "global unicast"},
+
+		// Public neighbours stay allowed.
+		{"below 100.64.0.0/10", "100.63.255.255", false, ""},
+		{"above 100.64.0.0/10", "100.128.0.0", false, ""},
+		{"above 172.16.0.0/12", "172.32.0.1", false, ""},
+		{"next to 192.0.0.0/24", "192.0.1.1", false, ""},
+		{"next to 192.88.99.0/24", "192.88.98.1", false, ""},
+		{"below 198.18.0.0/15", "198.17.255.255", false, ""},
+		{"above 198.18.0.0/15", "198.20.0.1", false, ""},
+		{"below 224.0.0.0/4", "223.255.255.254", false, ""},
+		{"public IPv4", "8.8.8.8", false, ""},
+		{"above 2001::/23", "2001:200::1", false, ""},
+		{"next to 2001:db8::/32", "2001:db9::1", false, ""},
+		{"below 3fff::/20", "3ffe:ffff::1", false, ""},
+		{"above 3fff::/20", "3fff:1000::1", false, ""},
+		{"next to 2620:4f:8000::/48", "2620:4f:8001::1", false, ""},
+		{"public IPv6", "2606:4700::1111", false, ""},
+		{"public IPv6 2a00::/12", "2a00:1450:4001::200e", false, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := checkAddr(netip.MustParseAddr(c.addr), nil)
+			if !c.blocked {
+				if err != nil {
+					t.Fatalf("checkAddr(%s) = %v, want allowed", c.addr, err)
+				}
+				return
+			}
+			var be *blockedAddressError
+			if !errors.As(err, &be) || !errors.Is(err, ErrSecurityPolicy) {
+				t.Fatalf("checkAddr(%s) = %v, want a blockedAddressError matching ErrSecurityPolicy", c.addr, err)
+			}
+			if !strings.Contains(be.reason, c.reason) {
+				t.Errorf("checkAddr(%s) reason %q, want it to mention %q", c.addr, be.reason, c.reason)
+			}
+			// The allowlist still overrides every entry.
+			allow := []netip.Prefix{netip.PrefixFrom(netip.MustParseAddr(c.addr), 128).Masked()}
+			if a := netip.MustParseAddr(c.addr); a.Is4() {
+				allow[0] = netip.PrefixFrom(a, 32)
+			}
+			if err := checkAddr(netip.MustParseAddr(c.addr), allow); err != nil {
+				t.Errorf("checkAddr(%s) within AllowedAddresses = %v", c.addr, err)
+			}
+		})
+	}
+}
