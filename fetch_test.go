@@ -1669,3 +1669,43 @@ func TestCheckAddrIANARegistries(t *testing.T) {
 		})
 	}
 }
+
+// TestURLPolicyOddIPv4OnHops: the URL policy refuses IPv4 spellings other
+// than dotted decimal on every redirect hop and in a discovered jwks_uri, as
+// it does at registration (TestURLPolicyIPv4Spellings). The dial never
+// happens: the refusal is ClassRedirect or ClassParse, not a dial error.
+func TestURLPolicyOddIPv4OnHops(t *testing.T) {
+	const discPath = "/.well-known/openid-configuration"
+	idp, srv := tlsIdP(t)
+	port := portOf(t, srv)
+	f := newTestFetcher(t, tlsOptions(idp))
+	for _, c := range []struct{ name, host string }{
+		{"decimal", "2130706433"},
+		{"hex", "0x7f000001"},
+		{"octal parts", "0177.0.0.01"},
+		{"two parts", "127.1"},
+		{"hex parts", "0x7f.0x0.0x0.0x1"},
+		{"trailing dot", "127.0.0.1."},
+		{"name ending in a hex label", "idp.0x10"},
+		{"fullwidth digits", "\uff11\uff12\uff17.0.0.1"},
+	} {
+		target := "https://" + c.host + ":" + port + jwksPath
+		t.Run("redirect to "+c.name, func(t *testing.T) {
+			idp.SetRedirect("/hop", target)
+			before := idp.Requests(jwksPath)
+			_, err := f.fetchKeys(t.Context(), testReg(t, f, nil), srv.URL+"/hop", validators{})
+			wantFetchError(t, err, ClassRedirect)
+			wantIs(t, err, true, ErrSecurityPolicy)
+			if n := idp.Requests(jwksPath) - before; n != 0 {
+				t.Errorf("the refused hop reached the IdP %d times", n)
+			}
+		})
+		t.Run("jwks_uri "+c.name, func(t *testing.T) {
+			idp.SetDiscovery(discPath, srv.URL, target)
+			reg := testReg(t, f, func(r *Registration) { r.JWKSURL, r.Issuer = "", srv.URL })
+			_, err := f.fetchDiscovery(t.Context(), reg, validators{})
+			wantFetchError(t, err, ClassParse)
+			wantIs(t, err, true, ErrSecurityPolicy)
+		})
+	}
+}

@@ -10,8 +10,10 @@ import (
 	"io"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Registration defaults. A zero field of Registration or RetryPolicy means
@@ -265,7 +267,7 @@ func (r *Registration) validate(pol urlPolicy) error {
 	}
 	for i, d := range r.AllowedDomains {
 		if msg := checkDomain(d); msg != "" {
-			bad(fmt.Sprintf("allowedDomains[%d]", i), "%q: %s", d, msg)
+			bad(fmt.Sprintf("allowedDomains[%d]", i), "%s: %s", showURL(d), msg)
 		}
 	}
 	switch {
@@ -364,7 +366,7 @@ func checkDomain(d string) string {
 func (p *urlPolicy) checkURL(field, raw string) []FieldError {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return []FieldError{{Field: field, Message: fmt.Sprintf("not a URL: %v", err)}}
+		return []FieldError{{Field: field, Message: "not a URL: " + capText(err.Error())}}
 	}
 	if err := p.checkParsed(u); err != nil {
 		var pe *policyError
@@ -382,36 +384,101 @@ func (e *policyError) Is(target error) bool {
 }
 
 // checkParsed applies the URL policy to u. It returns a *policyError for a
-// security refusal and a plain error for a malformed URL.
+// security refusal and a plain error for a malformed URL. URLs and hosts are
+// shown capped: on a redirect hop or a discovered jwks_uri they are
+// upstream data.
 func (p *urlPolicy) checkParsed(u *url.URL) error {
+	shown := showURL(u.Redacted())
 	if !u.IsAbs() || u.Host == "" || u.Opaque != "" {
-		return fmt.Errorf("%q: must be an absolute URL with a host", u.Redacted())
+		return fmt.Errorf("%s: must be an absolute URL with a host", shown)
 	}
 	switch u.Scheme {
 	case "https":
 	case "http":
 		if !p.allowHTTP {
-			return &policyError{fmt.Sprintf("%q: http is refused; use https (or set AllowHTTP on both the Registration and the Options)", u.Redacted())}
+			return &policyError{fmt.Sprintf("%s: http is refused; use https (or set AllowHTTP on both the Registration and the Options)", shown)}
 		}
 	default:
-		return fmt.Errorf("%q: scheme must be https", u.Redacted())
+		return fmt.Errorf("%s: scheme must be https", shown)
 	}
 	if u.User != nil {
-		return &policyError{fmt.Sprintf("%q: userinfo in the URL is refused", u.Redacted())}
+		return &policyError{fmt.Sprintf("%s: userinfo in the URL is refused", shown)}
 	}
 	host := strings.ToLower(u.Hostname())
 	if host == "" {
-		return fmt.Errorf("%q: missing host", u.Redacted())
+		return fmt.Errorf("%s: missing host", shown)
 	}
 	if ip, err := netip.ParseAddr(host); err == nil {
 		if !prefixesContain(p.allowedAddresses, ip) {
-			return &policyError{fmt.Sprintf("%q: IP-literal host %s is refused unless within Options.AllowedAddresses", u.Redacted(), ip)}
+			return &policyError{fmt.Sprintf("%s: IP-literal host %s is refused unless within Options.AllowedAddresses", shown, ip)}
 		}
+	} else if msg := hostSpellingProblem(host); msg != "" {
+		return &policyError{fmt.Sprintf("%s: host %s %s", shown, showURL(host), msg)}
 	}
 	if !domainAllowed(p.domains, host) || !domainAllowed(p.regDomains, host) {
-		return &policyError{fmt.Sprintf("%q: host %s is outside the allowed domains", u.Redacted(), host)}
+		return &policyError{fmt.Sprintf("%s: host %s is outside the allowed domains", shown, showURL(host))}
 	}
 	return nil
+}
+
+// maxShownURL caps a URL or host quoted in an error text.
+const maxShownURL = 256
+
+// showURL returns a URL or host quoted for an error text, valid UTF-8, and
+// cut visibly after maxShownURL bytes.
+func showURL(s string) string { return strconv.Quote(capTo(s, maxShownURL)) }
+
+// hostSpellingProblem explains why a host that is not a canonical IP
+// literal (netip.ParseAddr refused it) is refused, or returns "".
+//
+// IP-literal hosts pass only within Options.AllowedAddresses, so a host
+// that some resolver reads as an IPv4 address in another spelling must not
+// pass as a name. inet_aton, which getaddrinfo applies to numeric hosts
+// (so Go's cgo resolver and many other clients do), reads 1 to 4 parts,
+// each decimal, octal with a leading 0 or hex with 0x: 134744072, 0x08080808, 010.010.010.010,
+// 8.526344, 0x8.0x8.0x8.0x8 are all 8.8.8.8. The WHATWG URL standard
+// parses a host whose last label (after one trailing dot) is such a number
+// as IPv4 too, and refuses it when the other labels are not numbers
+// (example.0x10). Both cases are refused: the last label decides, as in
+// WHATWG's "ends in a number" rule, which every inet_aton spelling meets.
+//
+// A host with non-ASCII characters is refused as well: Go's HTTP client,
+// like browsers, maps it with IDNA (UTS 46) before resolving, and the
+// mapping folds fullwidth, mathematical, circled or superscript digits and
+// ideographic full stops to ASCII, so "１２７。０。０。１" dials 127.0.0.1.
+// The standard library has no IDNA mapping to check the result against, so
+// an internationalised name must be written in its A-label (xn--) form.
+func hostSpellingProblem(host string) string {
+	for i := 0; i < len(host); i++ {
+		if host[i] >= utf8.RuneSelf {
+			return "is not ASCII; write an internationalised domain name in its A-label (xn--) form"
+		}
+	}
+	if endsInNumber(host) {
+		return "is read as an IPv4 address by some resolvers (a decimal, octal or hex spelling); only dotted-decimal IP literals within Options.AllowedAddresses are accepted"
+	}
+	return ""
+}
+
+// endsInNumber is WHATWG URL's "ends in a number" check of an ASCII host:
+// its last label, ignoring one trailing dot, is all decimal digits or a
+// hexadecimal number with a 0x prefix (digits optional: "0x" is 0).
+func endsInNumber(host string) bool {
+	host = strings.TrimSuffix(host, ".")
+	last := host[strings.LastIndexByte(host, '.')+1:]
+	if last == "" {
+		return false
+	}
+	digits := "0123456789"
+	if len(last) >= 2 && last[0] == '0' && (last[1] == 'x' || last[1] == 'X') {
+		last, digits = last[2:], "0123456789abcdefABCDEF"
+	}
+	for i := 0; i < len(last); i++ {
+		if strings.IndexByte(digits, last[i]) < 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func domainAllowed(list []string, host string) bool {
