@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/netip"
 	"net/url"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -522,6 +523,81 @@ func decodePins(pins []string) ([][sha256.Size]byte, error) {
 	return out, nil
 }
 
+// registrationFields are the member names of the JSON form, from the struct
+// tags, with the nested object retryPolicy.
+var registrationFields = jsonNames(reflect.TypeFor[registrationJSON](), map[string]jsonObject{
+	"retryPolicy": jsonNames(reflect.TypeFor[retryPolicyJSON](), nil),
+})
+
+// jsonObject lists the member names of a JSON object, and the members that
+// are objects with names of their own.
+type jsonObject struct {
+	names  map[string]bool
+	nested map[string]jsonObject
+}
+
+// jsonNames returns the names of struct type t's JSON fields.
+func jsonNames(t reflect.Type, nested map[string]jsonObject) jsonObject {
+	o := jsonObject{names: make(map[string]bool), nested: nested}
+	for f := range t.Fields() {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name != "" && name != "-" {
+			o.names[name] = true
+		}
+	}
+	return o
+}
+
+// checkMemberNames refuses a member of the JSON object raw whose name is not
+// exactly one of obj's, or that appears twice; members listed in
+// obj.nested are checked the same way when they are objects. A raw value
+// that is not an object passes: decoding it reports the problem. path
+// prefixes names in errors ("retryPolicy.").
+func checkMemberNames(raw json.RawMessage, obj jsonObject, path string) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil
+	}
+	seen := make(map[string]bool)
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		name, ok := tok.(string)
+		if !ok { // cannot happen in a valid object
+			return fmt.Errorf("member name %v is not a string", tok)
+		}
+		var val json.RawMessage
+		if err := dec.Decode(&val); err != nil {
+			return err
+		}
+		switch {
+		case !obj.names[name]:
+			msg := fmt.Sprintf("unknown field %s", showID(name))
+			if path != "" {
+				msg += " in " + strconv.Quote(strings.TrimSuffix(path, "."))
+			}
+			for known := range obj.names {
+				if strings.EqualFold(known, name) {
+					msg += fmt.Sprintf(" (names are case-sensitive: did you mean %q?)", known)
+					break
+				}
+			}
+			return errors.New(msg)
+		case seen[name]:
+			return fmt.Errorf("field %q appears more than once", path+name)
+		}
+		seen[name] = true
+		if sub, ok := obj.nested[name]; ok {
+			if err := checkMemberNames(val, sub, path+name+"."); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // registrationJSON is the wire form of Registration.
 type registrationJSON struct {
 	TenantID         string           `json:"tenantId,omitempty"`
@@ -644,18 +720,30 @@ func (r Registration) MarshalJSON() ([]byte, error) {
 	return json.Marshal(w)
 }
 
-// UnmarshalJSON reads r from its JSON form. Unknown fields are refused, so a
-// misspelt setting is an error rather than a silent default.
+// UnmarshalJSON reads r from its JSON form. Member names must match
+// exactly: an unknown name, a name in another case (encoding/json alone
+// would accept "minTTL" or "MINTTL" for "minTtl") and a repeated name are
+// refused, so a misspelt setting is an error rather than a silent default.
+// Trailing data after the object is refused too.
 func (r *Registration) UnmarshalJSON(b []byte) error {
-	var w registrationJSON
 	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&w); err != nil {
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidRegistration, err)
 	}
 	// dec.More would miss a stray '}' or ']': read to the end instead.
 	if _, err := dec.Token(); err != io.EOF {
 		return fmt.Errorf("%w: trailing data after the registration object", ErrInvalidRegistration)
+	}
+	if err := checkMemberNames(raw, registrationFields, ""); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidRegistration, err)
+	}
+	var w registrationJSON
+	dec = json.NewDecoder(bytes.NewReader(raw))
+	// Redundant after checkMemberNames; kept as a second line of defence.
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&w); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidRegistration, err)
 	}
 	out := Registration{
 		TenantID: w.TenantID, ProviderID: w.ProviderID, JWKSURL: w.JWKSURL, Issuer: w.Issuer,

@@ -635,3 +635,73 @@ func TestURLPolicyIPv4Spellings(t *testing.T) {
 		})
 	}
 }
+
+// TestRegistrationJSONExactNames: encoding/json matches names without
+// regard to case (and folds ſ to s and K to k); the JSON form does not.
+// Every member name must be one of the documented ones exactly, once.
+func TestRegistrationJSONExactNames(t *testing.T) {
+	for _, c := range []struct {
+		name, in string
+		mention  []string
+	}{
+		{"minTTL", `{"tenantId":"acme","minTTL":"PT1M"}`, []string{`"minTTL"`, `did you mean "minTtl"`}},
+		{"upper case", `{"TENANTID":"acme"}`, []string{`"TENANTID"`, `"tenantId"`}},
+		{"Go field name", `{"JWKSURL":"https://idp.example/jwks"}`, []string{`"JWKSURL"`, `"jwksUrl"`}},
+		{"jwksURL", `{"jwksURL":"https://idp.example/jwks"}`, []string{`"jwksURL"`, `"jwksUrl"`}},
+		{"capitalised nested object", `{"RetryPolicy":{"maxRetries":1}}`, []string{`"RetryPolicy"`, `"retryPolicy"`}},
+		{"nested case", `{"retryPolicy":{"MaxRetries":1}}`, []string{`"MaxRetries"`, `in "retryPolicy"`, `"maxRetries"`}},
+		{"long s folds to s", `{"retryPolicy":{"maxRetrie\u017f":1}}`, []string{`"maxRetrieſ"`, `"maxRetries"`}},
+		{"Kelvin sign folds to k", `{"tenantId":"acme","pinnedSp\u212ai":[]}`, []string{"\"pinnedSp\u212ai\"", `"pinnedSpki"`}},
+		{"unknown nested", `{"retryPolicy":{"maxAttempts":3}}`, []string{`"maxAttempts"`, `in "retryPolicy"`}},
+		{"repeated", `{"tenantId":"acme","tenantId":"evil"}`, []string{`"tenantId"`, "more than once"}},
+		{"repeated nested", `{"retryPolicy":{"deadline":"PT1S","deadline":"PT9S"}}`, []string{`"retryPolicy.deadline"`, "more than once"}},
+		{"escaped name in another case", `{"min\u0054TL":"PT1M"}`, []string{`"minTTL"`}},
+		{"huge unknown name", `{"` + strings.Repeat("x", 100<<10) + `":1}`, []string{"unknown field", "more bytes"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var r Registration
+			err := r.UnmarshalJSON([]byte(c.in))
+			if err == nil {
+				t.Fatalf("UnmarshalJSON accepted it: %+v", r)
+			}
+			if !errors.Is(err, ErrInvalidRegistration) {
+				t.Errorf("error %v does not match ErrInvalidRegistration", err)
+			}
+			for _, m := range c.mention {
+				if !strings.Contains(err.Error(), m) {
+					t.Errorf("error %.300q does not mention %s", err, m)
+				}
+			}
+			if len(err.Error()) > 300 {
+				t.Errorf("error text of %d bytes", len(err.Error()))
+			}
+			if !reflect.DeepEqual(r, Registration{}) {
+				t.Errorf("a failed UnmarshalJSON changed the registration: %+v", r)
+			}
+		})
+	}
+	// Exact names, escaped or not, null objects, and every field of the
+	// full registration still read.
+	for name, in := range map[string]string{
+		"escaped exact name": `{"tenant\u0049d":"acme"}`,
+		"null retryPolicy":   `{"tenantId":"acme","retryPolicy":null}`,
+		"empty retryPolicy":  `{"tenantId":"acme","retryPolicy":{}}`,
+	} {
+		t.Run("accepted "+name, func(t *testing.T) {
+			var r Registration
+			if err := r.UnmarshalJSON([]byte(in)); err != nil || r.TenantID != "acme" {
+				t.Errorf("UnmarshalJSON(%s) = %v, %+v", in, err, r)
+			}
+		})
+	}
+	t.Run("accepted every field", func(t *testing.T) {
+		b, err := json.Marshal(fullRegistration())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r Registration
+		if err := r.UnmarshalJSON(b); err != nil {
+			t.Fatalf("UnmarshalJSON(%s): %v", b, err)
+		}
+	})
+}
