@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -61,11 +62,21 @@ type fetcher struct {
 	dialer *net.Dialer
 
 	mu         sync.Mutex
-	transports map[string]*http.Transport // by pin set; guarded by mu
+	transports map[string]*pinTransport // by pinKey; guarded by mu
+	// uncounted holds the keys of the entries with no users, so pruning
+	// them does not scan every entry (there may be one per provider).
+	uncounted map[string]struct{} // guarded by mu
+}
+
+// pinTransport is the built-in transport of one pin set and the number of
+// registrations using it.
+type pinTransport struct {
+	t     *http.Transport
+	users int // acquirePins minus releasePins; 0 for an uncounted entry
 }
 
 func newFetcher(opts Options) *fetcher {
-	f := &fetcher{opts: opts, transports: make(map[string]*http.Transport)}
+	f := &fetcher{opts: opts, transports: make(map[string]*pinTransport), uncounted: make(map[string]struct{})}
 	if opts.HTTPClient != nil {
 		f.custom = opts.HTTPClient.Transport
 		if f.custom == nil {
@@ -76,13 +87,17 @@ func newFetcher(opts Options) *fetcher {
 	return f
 }
 
-// close releases idle connections.
+// close releases idle connections and forgets every built-in transport. A
+// fetch still running keeps the transport it has and completes; a later
+// fetch would get a new, uncounted one.
 func (f *fetcher) close() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for _, t := range f.transports {
-		t.CloseIdleConnections()
+	for k, e := range f.transports {
+		e.t.CloseIdleConnections()
+		delete(f.transports, k)
 	}
+	clear(f.uncounted)
 }
 
 // policyFor returns the URL policy of a registration under f's options.
@@ -441,30 +456,127 @@ func classify(err error) ErrorClass {
 	return ClassNetwork
 }
 
-// transport returns the built-in transport for a pin set (one per distinct
-// set, so a connection verified against one provider's pins is never reused
-// for a provider with other pins), or the caller's transport.
+// Built-in transports, one per pin set.
+//
+// A connection verified against one provider's pins must never serve a
+// provider with other pins, so each distinct pin set (a set: order and
+// repetition do not matter) has its own *http.Transport, keyed by pinKey.
+// The entries are reference counted by registration:
+//
+//   - acquirePins counts one more registration using the set (creating the
+//     entry if needed); the engine calls it once per registered provider,
+//     for the empty set too.
+//   - releasePins counts one less; the entry whose count reaches zero is
+//     removed from the map and its idle connections are closed.
+//   - transport returns the entry's transport for a fetch. A set without an
+//     entry (a fetch racing the unregistration of its provider, or a fetch
+//     of a provider that was never acquired) gets a new uncounted entry
+//     (users == 0), which the next acquirePins or releasePins prunes.
+//
+// Invariants: an entry with users > 0 has exactly that many registrations
+// that acquired it and have not released it; an entry with users == 0 is
+// listed in f.uncounted and exists only between the transport call that
+// created it and the next acquirePins or releasePins. A transport is never
+// broken for a fetch using it: "closing" is CloseIdleConnections, which
+// drops idle connections only; a request in flight completes, and its
+// connection, returned to the idle pool of a transport no longer in the
+// map, is closed after IdleConnTimeout. With a caller's transport
+// (Options.HTTPClient) there are no entries and acquirePins and
+// releasePins do nothing.
+
+// pinKey is the map key of a pin set: its distinct pins in byte order,
+// concatenated.
+func pinKey(pins [][32]byte) string {
+	sorted := slices.Clone(pins)
+	slices.SortFunc(sorted, func(a, b [32]byte) int { return bytes.Compare(a[:], b[:]) })
+	sorted = slices.Compact(sorted)
+	var key strings.Builder
+	key.Grow(len(sorted) * 32)
+	for _, p := range sorted {
+		key.Write(p[:])
+	}
+	return key.String()
+}
+
+// acquirePins records that one more registration uses the pin set pins.
+func (f *fetcher) acquirePins(pins [][32]byte) {
+	if f.custom != nil {
+		return
+	}
+	key := pinKey(pins)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e := f.transports[key]
+	if e == nil {
+		e = &pinTransport{t: f.newTransport(pins)}
+		f.transports[key] = e
+	}
+	e.users++
+	delete(f.uncounted, key)
+	f.pruneLocked()
+}
+
+// releasePins records that a registration using the pin set pins went
+// away. When none is left, the transport's idle connections are closed and
+// its entry is removed. Releasing a set that holds no count is a no-op
+// (apart from pruning uncounted entries).
+func (f *fetcher) releasePins(pins [][32]byte) {
+	if f.custom != nil {
+		return
+	}
+	key := pinKey(pins)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if e := f.transports[key]; e != nil && e.users > 0 {
+		e.users--
+		if e.users == 0 {
+			f.uncounted[key] = struct{}{}
+		}
+	}
+	f.pruneLocked()
+}
+
+// pruneLocked closes and removes every entry without users. f.mu is held.
+func (f *fetcher) pruneLocked() {
+	for k := range f.uncounted {
+		if e := f.transports[k]; e != nil && e.users == 0 {
+			e.t.CloseIdleConnections()
+			delete(f.transports, k)
+		}
+		delete(f.uncounted, k)
+	}
+}
+
+// transport returns the transport for a fetch with the pin set pins: the
+// caller's, or the built-in one of the set (see above), created uncounted
+// if the set has no entry. The result is always usable.
 func (f *fetcher) transport(pins [][32]byte) http.RoundTripper {
 	if f.custom != nil {
 		return f.custom
 	}
-	var key strings.Builder
-	for _, p := range pins {
-		key.Write(p[:])
-	}
+	key := pinKey(pins)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if t, ok := f.transports[key.String()]; ok {
-		return t
+	if e := f.transports[key]; e != nil {
+		return e.t
 	}
+	e := &pinTransport{t: f.newTransport(pins)}
+	f.transports[key] = e
+	f.uncounted[key] = struct{}{}
+	return e.t
+}
+
+// newTransport returns a new built-in transport that checks pins (when
+// there are any) during the handshake.
+func (f *fetcher) newTransport(pins [][32]byte) *http.Transport {
 	tlsConf := &tls.Config{RootCAs: f.opts.RootCAs, MinVersion: tls.VersionTLS12}
 	if len(pins) > 0 {
-		pins := append([][32]byte(nil), pins...)
+		pins := slices.Clone(pins)
 		tlsConf.VerifyConnection = func(cs tls.ConnectionState) error {
 			return matchPins(cs.VerifiedChains, pins)
 		}
 	}
-	t := &http.Transport{
+	return &http.Transport{
 		Proxy:             nil, // proxy environment variables are ignored
 		DialContext:       f.dialer.DialContext,
 		TLSClientConfig:   tlsConf,
@@ -479,8 +591,6 @@ func (f *fetcher) transport(pins [][32]byte) http.RoundTripper {
 		DisableCompression:     true,
 		MaxResponseHeaderBytes: 64 << 10,
 	}
-	f.transports[key.String()] = t
-	return t
 }
 
 // pinError is an SPKI pin mismatch.

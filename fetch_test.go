@@ -20,9 +20,11 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/iotest"
 	"testing/synctest"
@@ -1706,6 +1708,216 @@ func TestURLPolicyOddIPv4OnHops(t *testing.T) {
 			_, err := f.fetchDiscovery(t.Context(), reg, validators{})
 			wantFetchError(t, err, ClassParse)
 			wantIs(t, err, true, ErrSecurityPolicy)
+		})
+	}
+}
+
+// TestFetchTransportPerPinSet: one built-in transport per pin set (in any
+// order, repeats ignored), counted by registration, closed and dropped when
+// the last one goes; a fetch without a counted entry still gets a working
+// transport.
+func TestFetchTransportPerPinSet(t *testing.T) {
+	idp := testidp.New()
+	idp.SetKeys(jwksPath, testidp.NewKey("ES256", "ec-1"))
+	var opened, closed atomic.Int32
+	closedCh := make(chan struct{}, 16)
+	srv := httptest.NewUnstartedServer(idp)
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{idp.Certificate()}}
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			opened.Add(1)
+		case http.StateClosed:
+			closed.Add(1)
+			closedCh <- struct{}{}
+		}
+	}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	u := srv.URL + jwksPath
+	leafPin, caPin := testidp.SPKIPin(idp.Leaf()), testidp.SPKIPin(idp.CA())
+	waitClosed := func(t *testing.T) {
+		t.Helper()
+		select {
+		case <-closedCh:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the idle connection was not closed")
+		}
+	}
+	entry := func(f *fetcher, pins [][32]byte) *pinTransport {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.transports[pinKey(pins)]
+	}
+
+	t.Run("two providers share one transport; the last release closes it", func(t *testing.T) {
+		f := newTestFetcher(t, tlsOptions(idp))
+		regA := testReg(t, f, func(r *Registration) { r.PinnedSPKI = []string{leafPin, caPin} })
+		regB := testReg(t, f, func(r *Registration) { r.PinnedSPKI = []string{caPin, leafPin, caPin} })
+		f.acquirePins(regA.pins())
+		f.acquirePins(regB.pins())
+		if n := len(f.transports); n != 1 {
+			t.Fatalf("%d transports for one pin set in two orders", n)
+		}
+		if f.transport(regA.pins()) != f.transport(regB.pins()) {
+			t.Fatalf("the same pin set in another order got another transport")
+		}
+		if e := entry(f, regA.pins()); e == nil || e.users != 2 {
+			t.Fatalf("entry = %+v, want 2 users", e)
+		}
+		opened0 := opened.Load()
+		wantKeys(t, mustFetchKeys(t, f, regA, u, validators{}), 1)
+
+		f.releasePins(regA.pins())
+		e := entry(f, regB.pins())
+		if e == nil || e.users != 1 {
+			t.Fatalf("after one release: entry = %+v, want 1 user", e)
+		}
+		// The transport kept its idle connection: regB reuses it.
+		wantKeys(t, mustFetchKeys(t, f, regB, u, validators{}), 1)
+		if n := opened.Load() - opened0; n != 1 {
+			t.Errorf("%d connections for two fetches through one kept transport, want 1", n)
+		}
+		if n := closed.Load(); n != 0 {
+			t.Errorf("%d connections closed while a user remained", n)
+		}
+
+		f.releasePins(regB.pins())
+		if e := entry(f, regB.pins()); e != nil {
+			t.Errorf("entry still present after the last release: %+v", e)
+		}
+		if n := len(f.transports); n != 0 {
+			t.Errorf("%d transports left", n)
+		}
+		waitClosed(t)
+	})
+
+	t.Run("distinct sets get distinct transports, the empty set too", func(t *testing.T) {
+		f := newTestFetcher(t, tlsOptions(idp))
+		leaf := testReg(t, f, func(r *Registration) { r.PinnedSPKI = []string{leafPin} })
+		none := testReg(t, f, nil)
+		f.acquirePins(leaf.pins())
+		f.acquirePins(none.pins())
+		f.acquirePins(nil)
+		if f.transport(leaf.pins()) == f.transport(none.pins()) {
+			t.Fatalf("pinned and unpinned providers share a transport")
+		}
+		if e := entry(f, nil); e == nil || e.users != 2 {
+			t.Fatalf("empty set entry = %+v, want 2 users", e)
+		}
+		f.releasePins(leaf.pins())
+		f.releasePins(none.pins())
+		if e := entry(f, nil); e == nil || e.users != 1 {
+			t.Fatalf("empty set entry = %+v, want 1 user", e)
+		}
+		f.releasePins([][32]byte{})
+		if n := len(f.transports); n != 0 {
+			t.Errorf("%d transports left", n)
+		}
+	})
+
+	t.Run("a fetch without a counted entry works and is pruned later", func(t *testing.T) {
+		f := newTestFetcher(t, tlsOptions(idp))
+		reg := testReg(t, f, func(r *Registration) { r.PinnedSPKI = []string{leafPin} })
+		f.acquirePins(reg.pins())
+		f.releasePins(reg.pins()) // unregistered; a refresh already running goes on
+		tr := f.transport(reg.pins())
+		if tr == nil {
+			t.Fatal("no transport")
+		}
+		wantKeys(t, mustFetchKeys(t, f, reg, u, validators{}), 1)
+		if e := entry(f, reg.pins()); e == nil || e.users != 0 {
+			t.Fatalf("uncounted entry = %+v", e)
+		}
+		closed0 := closed.Load()
+		f.acquirePins(nil) // any acquire or release prunes it
+		if e := entry(f, reg.pins()); e != nil {
+			t.Errorf("uncounted entry not pruned: %+v", e)
+		}
+		if e := entry(f, nil); e == nil || e.users != 1 {
+			t.Errorf("the acquired entry = %+v", e)
+		}
+		waitClosed(t)
+		if closed.Load() == closed0 {
+			t.Errorf("no connection closed")
+		}
+		// The pruned transport still works for whoever holds it.
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, u, nil)
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("pruned transport: %v", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("pruned transport: status %d", resp.StatusCode)
+		}
+	})
+
+	t.Run("release without acquire is a no-op", func(t *testing.T) {
+		f := newTestFetcher(t, tlsOptions(idp))
+		f.acquirePins(nil)
+		f.releasePins([][32]byte{{1}})
+		f.releasePins([][32]byte{{1}})
+		if e := entry(f, nil); e == nil || e.users != 1 {
+			t.Errorf("entry = %+v, want 1 user", e)
+		}
+	})
+
+	t.Run("caller's transport: nothing counted", func(t *testing.T) {
+		custom := &http.Transport{}
+		f := newTestFetcher(t, Options{HTTPClient: &http.Client{Transport: custom}})
+		f.acquirePins(nil)
+		if f.transport(nil) != custom || len(f.transports) != 0 {
+			t.Errorf("transport = %v with %d entries", f.transport(nil), len(f.transports))
+		}
+		f.releasePins(nil)
+	})
+
+	t.Run("concurrent users", func(t *testing.T) {
+		f := newTestFetcher(t, Options{})
+		sets := [][][32]byte{nil, {{1}}, {{1}, {2}}, {{2}, {1}}, {{3}}}
+		var wg sync.WaitGroup
+		for g := range 16 {
+			wg.Go(func() {
+				for i := range 200 {
+					pins := sets[(g+i)%len(sets)]
+					f.acquirePins(pins)
+					if f.transport(pins) == nil {
+						t.Error("nil transport")
+					}
+					f.releasePins(pins)
+				}
+			})
+		}
+		wg.Wait()
+		if n := len(f.transports); n != 0 {
+			t.Errorf("%d transports left after every user went", n)
+		}
+	})
+}
+
+func TestPinKey(t *testing.T) {
+	a, b, c := [32]byte{1}, [32]byte{2}, [32]byte{3}
+	for _, tc := range []struct {
+		name string
+		x, y [][32]byte
+		same bool
+	}{
+		{"order", [][32]byte{a, b, c}, [][32]byte{c, a, b}, true},
+		{"repeats", [][32]byte{a, b}, [][32]byte{b, a, b, a}, true},
+		{"empty and nil", nil, [][32]byte{}, true},
+		{"subset", [][32]byte{a, b}, [][32]byte{a}, false},
+		{"other pin", [][32]byte{a}, [][32]byte{b}, false},
+		{"none and one", nil, [][32]byte{a}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			x := slices.Clone(tc.x)
+			if got := pinKey(tc.x) == pinKey(tc.y); got != tc.same {
+				t.Errorf("pinKey equal = %v, want %v", got, tc.same)
+			}
+			if !slices.Equal(x, tc.x) {
+				t.Errorf("pinKey reordered its argument")
+			}
 		})
 	}
 }
