@@ -21,6 +21,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 )
 
 // Version is the version of this module, sent in the User-Agent header.
@@ -114,15 +115,11 @@ func (f *fetcher) policyFor(reg *Registration) urlPolicy {
 // validators it makes a conditional request; a 304 answer returns
 // NotModified. Errors are *FetchError.
 func (f *fetcher) fetchKeys(ctx context.Context, reg *Registration, rawURL string, val validators) (*keysResult, error) {
-	res, err := f.fetch(ctx, reg, rawURL, val, func(body []byte) (any, error) { return parseKeySet(body) })
+	res, err := fetchParsed(ctx, f, reg, rawURL, val, parseKeySet)
 	if err != nil {
 		return nil, err
 	}
-	out := &keysResult{fetchResult: res.fetchResult}
-	if res.parsed != nil {
-		out.Keys = res.parsed.(*keySet)
-	}
-	return out, nil
+	return &keysResult{fetchResult: res.fetchResult, Keys: res.parsed}, nil
 }
 
 // discoveryDoc is the part of an OIDC discovery document the cache uses.
@@ -142,20 +139,22 @@ type discoveryResult struct {
 // passes the URL policy.
 func (f *fetcher) fetchDiscovery(ctx context.Context, reg *Registration, val validators) (*discoveryResult, error) {
 	pol := f.policyFor(reg)
-	res, err := f.fetch(ctx, reg, reg.discoveryURL(), val, func(body []byte) (any, error) {
+	res, err := fetchParsed(ctx, f, reg, reg.discoveryURL(), val, func(body []byte) (*discoveryDoc, error) {
 		var d discoveryDoc
 		if bytes.HasPrefix(bytes.TrimSpace(body), []byte("<")) {
 			return nil, errHTML
 		}
 		if err := json.Unmarshal(body, &d); err != nil {
-			return nil, fmt.Errorf("discovery document: %v", err)
+			return nil, fmt.Errorf("discovery document: %s", capText(err.Error()))
 		}
 		if d.Issuer != reg.Issuer {
-			return nil, fmt.Errorf("discovery document issuer %q does not equal the registered issuer %q", d.Issuer, reg.Issuer)
+			// Both issuers are shown capped: the document's is upstream
+			// data of any length.
+			return nil, fmt.Errorf("discovery document issuer %s does not equal the registered issuer %s", showID(d.Issuer), showID(reg.Issuer))
 		}
 		u, err := url.Parse(d.JWKSURI)
 		if err != nil || d.JWKSURI == "" {
-			return nil, fmt.Errorf("discovery document: bad jwks_uri %q", d.JWKSURI)
+			return nil, fmt.Errorf("discovery document: bad jwks_uri %s", showURL(d.JWKSURI))
 		}
 		if err := pol.checkParsed(u); err != nil {
 			return nil, fmt.Errorf("discovery document jwks_uri: %w", err)
@@ -165,34 +164,34 @@ func (f *fetcher) fetchDiscovery(ctx context.Context, reg *Registration, val val
 	if err != nil {
 		return nil, err
 	}
-	out := &discoveryResult{fetchResult: res.fetchResult}
-	if res.parsed != nil {
-		out.Doc = res.parsed.(*discoveryDoc)
-	}
-	return out, nil
+	return &discoveryResult{fetchResult: res.fetchResult, Doc: res.parsed}, nil
 }
 
-type parsedResult struct {
+// parsedResult is a successful fetch with its parsed document; parsed is
+// nil when NotModified.
+type parsedResult[T any] struct {
 	fetchResult
-	parsed any
+	parsed *T
 }
 
-// fetch runs the attempts of one fetch under reg's retry policy: the whole
-// fetch is bounded by Deadline, each attempt by AttemptTimeout, and only
-// network errors, timeouts, 408, 429 and 5xx are retried, after an
+// fetchParsed runs the attempts of one fetch under reg's retry policy: the
+// whole fetch is bounded by Deadline, each attempt by AttemptTimeout, and
+// only network errors, timeouts, 408, 429 and 5xx are retried, after an
 // exponential backoff with jitter or the server's Retry-After.
-func (f *fetcher) fetch(ctx context.Context, reg *Registration, rawURL string, val validators, parse func([]byte) (any, error)) (*parsedResult, error) {
+//
+// It is a function rather than a method because it is generic over the
+// parsed document, so that no caller needs a type assertion.
+func fetchParsed[T any](ctx context.Context, f *fetcher, reg *Registration, rawURL string, val validators, parse func([]byte) (*T, error)) (*parsedResult[T], error) {
 	rp := &reg.Retry
 	ctx, cancel := context.WithTimeout(ctx, rp.Deadline)
 	defer cancel()
 	var prev time.Duration
 	for attempt := 1; ; attempt++ {
-		res, err := f.attempt(ctx, reg, rawURL, val, parse)
-		if err == nil {
+		res, fe := attemptParsed(ctx, f, reg, rawURL, val, parse)
+		if fe == nil {
 			res.Attempts = attempt
 			return res, nil
 		}
-		fe := err.(*FetchError)
 		if attempt >= rp.attempts() || !fe.retryable() || ctx.Err() != nil {
 			return nil, fe
 		}
@@ -244,10 +243,14 @@ func (e *FetchError) retryable() bool {
 	return false
 }
 
-// attempt performs one request.
-func (f *fetcher) attempt(ctx context.Context, reg *Registration, rawURL string, val validators, parse func([]byte) (any, error)) (*parsedResult, error) {
+// attemptParsed performs one request. It returns a *FetchError (not an
+// error) so that fetchParsed needs no type assertion.
+func attemptParsed[T any](ctx context.Context, f *fetcher, reg *Registration, rawURL string, val validators, parse func([]byte) (*T, error)) (*parsedResult[T], *FetchError) {
+	// Every URL and cause of a FetchError may carry upstream data (a
+	// redirect target, a status line, a certificate's names, a parser
+	// message): both are capped here, in one place.
 	fail := func(u string, class ErrorClass, status int, err error) *FetchError {
-		return &FetchError{TenantID: reg.TenantID, ProviderID: reg.ProviderID, URL: u, Class: class, StatusCode: status, Err: err}
+		return &FetchError{TenantID: reg.TenantID, ProviderID: reg.ProviderID, URL: capText(u), Class: class, StatusCode: status, Err: capErr(err)}
 	}
 	ctx, cancel := context.WithTimeout(ctx, reg.Retry.AttemptTimeout)
 	defer cancel()
@@ -322,9 +325,10 @@ func (f *fetcher) attempt(ctx context.Context, reg *Registration, rawURL string,
 		if lm := resp.Header.Get("Last-Modified"); lm != "" {
 			nv.LastModified = lm
 		}
-		return &parsedResult{fetchResult: fetchResult{NotModified: true, Validators: nv, Fresh: fresh, FetchedAt: now, URL: finalURL}}, nil
+		return &parsedResult[T]{fetchResult: fetchResult{NotModified: true, Validators: nv, Fresh: fresh, FetchedAt: now, URL: finalURL}}, nil
 	case resp.StatusCode != http.StatusOK:
-		fe := fail(finalURL, ClassStatus, resp.StatusCode, fmt.Errorf("unexpected status %q", resp.Status))
+		// The status line is the server's text: shown capped.
+		fe := fail(finalURL, ClassStatus, resp.StatusCode, fmt.Errorf("unexpected status %s", showID(resp.Status)))
 		if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 			fe.RetryAfter = retryAfter(resp.Header.Get("Retry-After"), now)
 		}
@@ -352,7 +356,7 @@ func (f *fetcher) attempt(ctx context.Context, reg *Registration, rawURL string,
 		}
 		return nil, fail(finalURL, class, 0, err)
 	}
-	return &parsedResult{
+	return &parsedResult[T]{
 		fetchResult: fetchResult{
 			Body:       body,
 			Hash:       sha256.Sum256(body),
@@ -369,6 +373,24 @@ var (
 	errBadEncoding      = errors.New("unsupported or corrupt Content-Encoding")
 	errTooManyRedirects = errors.New("too many redirects")
 )
+
+// cappedError shows a long or invalid UTF-8 error text capped by capText,
+// and still matches its cause with errors.Is and errors.As.
+type cappedError struct{ err error }
+
+func (e *cappedError) Error() string { return capText(e.err.Error()) }
+func (e *cappedError) Unwrap() error { return e.err }
+
+// capErr returns err, wrapped in a cappedError when its text needs capping.
+func capErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if msg := err.Error(); len(msg) > maxErrorText || !utf8.ValidString(msg) {
+		return &cappedError{err}
+	}
+	return err
+}
 
 // readBody reads at most limit bytes of body, counted both as received and
 // after gzip decompression, so a small compressed bomb fails as soon as its
@@ -392,7 +414,7 @@ func readBody(resp *http.Response, limit int64) ([]byte, error) {
 		defer gz.Close()
 		r = gz
 	default:
-		return nil, fmt.Errorf("%w: %q", errBadEncoding, ce)
+		return nil, fmt.Errorf("%w: %s", errBadEncoding, showID(ce))
 	}
 	var buf bytes.Buffer
 	_, err := buf.ReadFrom(io.LimitReader(r, limit+1))

@@ -29,6 +29,7 @@ import (
 	"testing/iotest"
 	"testing/synctest"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jwkscache/jwkscache/internal/testidp"
 )
@@ -1917,6 +1918,105 @@ func TestPinKey(t *testing.T) {
 			}
 			if !slices.Equal(x, tc.x) {
 				t.Errorf("pinKey reordered its argument")
+			}
+		})
+	}
+}
+
+// hostileTransport answers every request with resp, built per request.
+type hostileTransport func(*http.Request) *http.Response
+
+func (h hostileTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp := h(req)
+	resp.Request = req
+	if resp.Header == nil {
+		resp.Header = http.Header{}
+	}
+	if resp.Body == nil {
+		resp.Body = io.NopCloser(strings.NewReader(""))
+	}
+	return resp, nil
+}
+
+// TestFetchErrorTextCapped: upstream data of 100 KB (an issuer, a status
+// line, a Content-Encoding, a redirect target, a certificate-sized parser
+// message) never makes a FetchError text longer than about a KiB, and the
+// text still names the tenant, provider and URL.
+func TestFetchErrorTextCapped(t *testing.T) {
+	const issuer = "https://idp.test"
+	huge := strings.Repeat("A", 100<<10)
+	ok := func(body string, hdr ...string) *http.Response {
+		h := http.Header{"Content-Type": {"application/json"}}
+		for i := 0; i+1 < len(hdr); i += 2 {
+			h.Set(hdr[i], hdr[i+1])
+		}
+		return &http.Response{StatusCode: 200, Status: "200 OK", Header: h, Body: io.NopCloser(strings.NewReader(body))}
+	}
+	for _, c := range []struct {
+		name   string
+		resp   func(*http.Request) *http.Response
+		disc   bool
+		class  ErrorClass
+		limit  int
+		status int
+	}{
+		{"discovery issuer", func(*http.Request) *http.Response {
+			return ok(`{"issuer":"https://evil.test/` + huge + `","jwks_uri":"https://idp.test/jwks.json"}`)
+		}, true, ClassParse, 1200, 0},
+		{"discovery issuer invalid UTF-8", func(*http.Request) *http.Response {
+			return ok(`{"issuer":"` + strings.Repeat("\xff", 100<<10) + `","jwks_uri":"https://idp.test/jwks.json"}`)
+		}, true, ClassParse, 1200, 0},
+		{"discovery jwks_uri", func(*http.Request) *http.Response {
+			return ok(`{"issuer":"` + issuer + `","jwks_uri":"http://idp.test/` + huge + `"}`)
+		}, true, ClassParse, 1200, 0},
+		{"discovery JSON error", func(*http.Request) *http.Response {
+			return ok(`{"issuer":"` + issuer + `","jwks_uri":1,"` + huge + `":[}`)
+		}, true, ClassParse, 1200, 0},
+		{"status line", func(*http.Request) *http.Response {
+			return &http.Response{StatusCode: 599, Status: "599 " + huge}
+		}, false, ClassStatus, 1200, 599},
+		{"Content-Encoding", func(*http.Request) *http.Response {
+			return ok(`{"keys":[]}`, "Content-Encoding", huge)
+		}, false, ClassParse, 1200, 0},
+		// The hop URL shows twice (as the URL and in the policy message),
+		// each capped.
+		{"redirect target", func(*http.Request) *http.Response {
+			return &http.Response{StatusCode: 302, Status: "302 Found", Header: http.Header{"Location": {"http://idp.test/" + huge}}}
+		}, false, ClassRedirect, 2000, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newTestFetcher(t, Options{HTTPClient: &http.Client{Transport: hostileTransport(c.resp)}})
+			reg := testReg(t, f, func(r *Registration) {
+				r.Retry.MaxRetries = -1
+				if c.disc {
+					r.JWKSURL, r.Issuer = "", issuer
+				}
+			})
+			var err error
+			u := "https://idp.test/jwks.json"
+			if c.disc {
+				u = issuer + "/.well-known/openid-configuration"
+				_, err = f.fetchDiscovery(t.Context(), reg, validators{})
+			} else {
+				_, err = f.fetchKeys(t.Context(), reg, u, validators{})
+			}
+			fe := wantFetchError(t, err, c.class)
+			msg := err.Error()
+			if len(msg) > c.limit {
+				t.Errorf("error text of %d bytes, want at most %d: %.300s...", len(msg), c.limit, msg)
+			}
+			if !utf8.ValidString(msg) {
+				t.Errorf("error text is not valid UTF-8")
+			}
+			if c.class == ClassRedirect {
+				u = "http://idp.test/AAAA" // the refused hop, capped
+			}
+			if !strings.Contains(msg, "acme/auth0") || !strings.Contains(msg, "fetch "+u) {
+				t.Errorf("error text does not name acme/auth0 and %s: %.300s", u, msg)
+			}
+			t.Logf("%d bytes: %.200s", len(msg), msg)
+			if fe.StatusCode != c.status {
+				t.Errorf("StatusCode = %d, want %d", fe.StatusCode, c.status)
 			}
 		})
 	}

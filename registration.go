@@ -637,7 +637,7 @@ func (d isoDuration) MarshalJSON() ([]byte, error) {
 func (d *isoDuration) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("duration must be an ISO-8601 string such as \"PT30S\", got %s", b)
+		return fmt.Errorf("duration must be an ISO-8601 string such as \"PT30S\", got %s", showID(string(b)))
 	}
 	v, err := parseISODuration(s)
 	if err != nil {
