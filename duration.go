@@ -59,9 +59,9 @@ var isoUnits = [...]struct {
 // The arithmetic is exact to the nanosecond, so that
 // parseISODuration(formatISODuration(d)) == d for every d >= 0.
 func parseISODuration(s string) (time.Duration, error) {
-	orig := s
+	orig := s // quoted in errors with showID: a JSON document may hold megabytes
 	if len(s) < 3 || s[0] != 'P' {
-		return 0, fmt.Errorf("%q: %w", orig, errISODuration)
+		return 0, fmt.Errorf("%s: %w", showID(orig), errISODuration)
 	}
 	s = s[1:]
 	var total time.Duration
@@ -70,12 +70,12 @@ func parseISODuration(s string) (time.Duration, error) {
 	for s != "" {
 		if s[0] == 'T' {
 			if inTime {
-				return 0, fmt.Errorf("%q: %w", orig, errISODuration)
+				return 0, fmt.Errorf("%s: %w", showID(orig), errISODuration)
 			}
 			inTime = true
 			s = s[1:]
 			if s == "" {
-				return 0, fmt.Errorf("%q: %w", orig, errISODuration)
+				return 0, fmt.Errorf("%s: %w", showID(orig), errISODuration)
 			}
 			continue
 		}
@@ -84,7 +84,7 @@ func parseISODuration(s string) (time.Duration, error) {
 			i++
 		}
 		if i == 0 || i == len(s) {
-			return 0, fmt.Errorf("%q: %w", orig, errISODuration)
+			return 0, fmt.Errorf("%s: %w", showID(orig), errISODuration)
 		}
 		num, unit := s[:i], s[i]
 		s = s[i+1:]
@@ -95,21 +95,21 @@ func parseISODuration(s string) (time.Duration, error) {
 		if u == len(isoUnits) {
 			// Unknown (Y, or M before the T), repeated, out of order, or on
 			// the wrong side of the T.
-			return 0, fmt.Errorf("%q: unit %q: %w", orig, unit, errISODuration)
+			return 0, fmt.Errorf("%s: unit %q: %w", showID(orig), unit, errISODuration)
 		}
 		next = u + 1
 		whole, frac, hasFrac := strings.Cut(strings.ReplaceAll(num, ",", "."), ".")
 		if whole == "" || hasFrac && (frac == "" || strings.Contains(frac, ".")) {
-			return 0, fmt.Errorf("%q: %w", orig, errISODuration)
+			return 0, fmt.Errorf("%s: %w", showID(orig), errISODuration)
 		}
 		// A fraction is allowed on the smallest unit only (ISO 8601), which
 		// here means: nothing may follow a fractional component.
 		if hasFrac && s != "" {
-			return 0, fmt.Errorf("%q: fraction on a non-final component: %w", orig, errISODuration)
+			return 0, fmt.Errorf("%s: fraction on a non-final component: %w", showID(orig), errISODuration)
 		}
 		v, ok := scaleDecimal(whole, frac, isoUnits[u].d)
 		if !ok || v > math.MaxInt64-total {
-			return 0, fmt.Errorf("%q: too long: %w", orig, errISODuration)
+			return 0, fmt.Errorf("%s: too long: %w", showID(orig), errISODuration)
 		}
 		total += v
 	}

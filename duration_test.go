@@ -2,10 +2,13 @@ package jwkscache
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func TestParseISODuration(t *testing.T) {
@@ -158,4 +161,31 @@ func TestISODurationRoundTrip(t *testing.T) {
 			t.Errorf("parseISODuration(formatISODuration(%d) = %q) = %d, %v", int64(d), s, int64(got), err)
 		}
 	}
+}
+
+// TestISODurationErrorCapped: the refused text is quoted in the error, cut
+// visibly, so a registration document cannot make an error of megabytes.
+func TestISODurationErrorCapped(t *testing.T) {
+	for _, c := range []struct{ name, in string }{
+		{"long garbage", "PT" + strings.Repeat("9", 100<<10) + "X"},
+		{"long number", "PT" + strings.Repeat("9", 100<<10) + "S"},
+		{"invalid UTF-8", "P\xff" + strings.Repeat("\xfe", 100<<10)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := parseISODuration(c.in)
+			if !errors.Is(err, errISODuration) {
+				t.Fatalf("error %v does not wrap errISODuration", err)
+			}
+			if msg := err.Error(); len(msg) > 300 || !utf8.ValidString(msg) || !strings.Contains(msg, "more bytes") {
+				t.Errorf("error text of %d bytes, valid UTF-8 %v: %.200q", len(msg), utf8.ValidString(msg), msg)
+			}
+		})
+	}
+	t.Run("JSON value that is not a string", func(t *testing.T) {
+		var r Registration
+		err := r.UnmarshalJSON([]byte(`{"minTtl":[` + strings.Repeat("1,", 50<<10) + `1]}`))
+		if !errors.Is(err, ErrInvalidRegistration) || len(err.Error()) > 400 {
+			t.Errorf("error of %d bytes: %.200v", len(fmt.Sprint(err)), err)
+		}
+	})
 }

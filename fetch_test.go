@@ -20,13 +20,16 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/iotest"
 	"testing/synctest"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jwkscache/jwkscache/internal/testidp"
 )
@@ -1544,4 +1547,477 @@ func TestFetchDiscovery(t *testing.T) {
 		_, err := f.fetchDiscovery(t.Context(), regFor(issuer), validators{})
 		wantFetchError(t, err, ClassParse)
 	})
+}
+
+// TestCheckAddrIANARegistries lists every entry of the IANA IPv4 and IPv6
+// Special-Purpose Address Registries (and the special blocks of the address
+// space registries) with an address inside it, and the dial guard's
+// verdict without AllowedAddresses. Entries marked global are "Globally
+// Reachable = True" in the registry and blocked for the reason given in
+// blockedRanges. The allowed cases are the public neighbours of blocked
+// ranges.
+func TestCheckAddrIANARegistries(t *testing.T) {
+	for _, c := range []struct {
+		name, addr string
+		blocked    bool
+		reason     string // a substring of the refusal
+	}{
+		// IPv4 Special-Purpose Address Registry.
+		{"0.0.0.0/8 this network", "0.1.2.3", true, "this network"},
+		{"0.0.0.0/32 this host", "0.0.0.0", true, "this host"},
+		{"10.0.0.0/8 private", "10.200.0.1", true, "private"},
+		{"100.64.0.0/10 shared address space", "100.127.255.254", true, "carrier-grade NAT"},
+		{"127.0.0.0/8 loopback", "127.1.2.3", true, "loopback"},
+		{"169.254.0.0/16 link-local", "169.254.169.254", true, "link-local"},
+		{"172.16.0.0/12 private", "172.20.0.1", true, "private"},
+		{"192.0.0.0/24 IETF protocol assignments", "192.0.0.100", true, "IETF protocol assignments"},
+		{"192.0.0.0/29 IPv4 service continuity", "192.0.0.2", true, "service continuity"},
+		{"192.0.0.8/32 IPv4 dummy", "192.0.0.8", true, "dummy"},
+		{"192.0.0.9/32 PCP anycast (global)", "192.0.0.9", true, "PCP anycast"},
+		{"192.0.0.10/32 TURN anycast (global)", "192.0.0.10", true, "TURN anycast"},
+		{"192.0.0.170/32 NAT64 discovery", "192.0.0.170", true, "NAT64/DNS64 discovery"},
+		{"192.0.0.171/32 DNS64 discovery", "192.0.0.171", true, "NAT64/DNS64 discovery"},
+		{"192.0.2.0/24 TEST-NET-1", "192.0.2.55", true, "documentation"},
+		{"192.31.196.0/24 AS112-v4 (global)", "192.31.196.1", true, "AS112"},
+		{"192.52.193.0/24 AMT (global)", "192.52.193.1", true, "AMT"},
+		{"192.88.99.0/24 deprecated 6to4 relay anycast", "192.88.99.1", true, "6to4 relay"},
+		{"192.88.99.2/32 6a44 relay anycast", "192.88.99.2", true, "6to4 relay"},
+		{"192.168.0.0/16 private", "192.168.255.1", true, "private"},
+		{"192.175.48.0/24 AS112 direct delegation (global)", "192.175.48.6", true, "AS112"},
+		{"198.18.0.0/15 benchmarking", "198.19.255.1", true, "benchmarking"},
+		{"198.51.100.0/24 TEST-NET-2", "198.51.100.1", true, "documentation"},
+		{"203.0.113.0/24 TEST-NET-3", "203.0.113.254", true, "documentation"},
+		{"240.0.0.0/4 reserved", "250.1.2.3", true, "reserved"},
+		{"255.255.255.255/32 limited broadcast", "255.255.255.255", true, "broadcast"},
+		{"224.0.0.0/4 multicast (own registry)", "239.1.2.3", true, "multicast"},
+
+		// IPv6 Special-Purpose Address Registry.
+		{"::1/128 loopback", "::1", true, "loopback"},
+		{"::/128 unspecified", "::", true, "unspecified"},
+		{"::ffff:0:0/96 IPv4-mapped", "::ffff:8.8.8.8", true, "IPv4-mapped"},
+		{"64:ff9b::/96 NAT64 (global)", "64:ff9b::a00:1", true, "NAT64"},
+		{"64:ff9b:1::/48 local-use NAT64", "64:ff9b:1::a00:1", true, "local-use NAT64"},
+		{"100::/64 discard-only", "100::1", true, "discard-only"},
+		{"100:0:0:1::/64 dummy prefix", "100:0:0:1::1", true, "dummy"},
+		{"2001::/23 IETF protocol assignments", "2001:1ff::1", true, "IETF protocol assignments"},
+		{"2001::/32 Teredo", "2001:0:4136:e378::1", true, "Teredo"},
+		{"2001:1::1/128 PCP anycast (global)", "2001:1::1", true, "PCP anycast"},
+		{"2001:1::2/128 TURN anycast (global)", "2001:1::2", true, "TURN anycast"},
+		{"2001:1::3/128 DNS-SD SRP anycast (global)", "2001:1::3", true, "SRP anycast"},
+		{"2001:2::/48 benchmarking", "2001:2::1", true, "benchmarking"},
+		{"2001:3::/32 AMT (global)", "2001:3::1", true, "AMT"},
+		{"2001:4:112::/48 AS112-v6 (global)", "2001:4:112::1", true, "AS112"},
+		{"2001:10::/28 deprecated ORCHID", "2001:10::1", true, "ORCHID"},
+		{"2001:20::/28 ORCHIDv2 (global)", "2001:2f::1", true, "ORCHIDv2"},
+		{"2001:30::/28 drone remote ID DETs (global)", "2001:30::1", true, "drone remote ID"},
+		{"2001:db8::/32 documentation", "2001:db8::1", true, "documentation"},
+		{"2002::/16 6to4", "2002:a00:1::1", true, "6to4"},
+		{"2620:4f:8000::/48 AS112 direct delegation (global)", "2620:4f:8000::42", true, "AS112"},
+		{"3fff::/20 documentation (RFC 9637)", "3fff:fff::1", true, "documentation"},
+		{"5f00::/16 SRv6 SIDs", "5f00::1", true, "SRv6"},
+		{"fc00::/7 unique local", "fd00::1", true, "unique local"},
+		{"fe80::/10 link-local", "fe80::1", true, "link-local"},
+
+		// IPv6 address space registry: special blocks outside the
+		// special-purpose registry, and what is not global unicast.
+		{"::/96 IPv4-compatible", "::a00:1", true, "IPv4-compatible"},
+		{"::/96 IPv4-compatible public", "::8.8.8.8", true, "IPv4-compatible"},
+		{"fec0::/10 site-local", "fec0::1", true, "site-local"},
+		{"ff00::/8 multicast", "ff02::1", true, "multicast"},
+		{"::/8 reserved by the IETF", "::1:0:0:1", true, "global unicast"},
+		{"4000::/3 reserved by the IETF", "4000::1", true, "global unicast"},
+		{"e000::/4 reserved by the IETF", "e000::1", true, "global unicast"},
+
+		// Public neighbours stay allowed.
+		{"below 100.64.0.0/10", "100.63.255.255", false, ""},
+		{"above 100.64.0.0/10", "100.128.0.0", false, ""},
+		{"above 172.16.0.0/12", "172.32.0.1", false, ""},
+		{"next to 192.0.0.0/24", "192.0.1.1", false, ""},
+		{"next to 192.88.99.0/24", "192.88.98.1", false, ""},
+		{"below 198.18.0.0/15", "198.17.255.255", false, ""},
+		{"above 198.18.0.0/15", "198.20.0.1", false, ""},
+		{"below 224.0.0.0/4", "223.255.255.254", false, ""},
+		{"public IPv4", "8.8.8.8", false, ""},
+		{"above 2001::/23", "2001:200::1", false, ""},
+		{"next to 2001:db8::/32", "2001:db9::1", false, ""},
+		{"below 3fff::/20", "3ffe:ffff::1", false, ""},
+		{"above 3fff::/20", "3fff:1000::1", false, ""},
+		{"next to 2620:4f:8000::/48", "2620:4f:8001::1", false, ""},
+		{"public IPv6", "2606:4700::1111", false, ""},
+		{"public IPv6 2a00::/12", "2a00:1450:4001::200e", false, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := checkAddr(netip.MustParseAddr(c.addr), nil)
+			if !c.blocked {
+				if err != nil {
+					t.Fatalf("checkAddr(%s) = %v, want allowed", c.addr, err)
+				}
+				return
+			}
+			var be *blockedAddressError
+			if !errors.As(err, &be) || !errors.Is(err, ErrSecurityPolicy) {
+				t.Fatalf("checkAddr(%s) = %v, want a blockedAddressError matching ErrSecurityPolicy", c.addr, err)
+			}
+			if !strings.Contains(be.reason, c.reason) {
+				t.Errorf("checkAddr(%s) reason %q, want it to mention %q", c.addr, be.reason, c.reason)
+			}
+			// The allowlist still overrides every entry.
+			allow := []netip.Prefix{netip.PrefixFrom(netip.MustParseAddr(c.addr), 128).Masked()}
+			if a := netip.MustParseAddr(c.addr); a.Is4() {
+				allow[0] = netip.PrefixFrom(a, 32)
+			}
+			if err := checkAddr(netip.MustParseAddr(c.addr), allow); err != nil {
+				t.Errorf("checkAddr(%s) within AllowedAddresses = %v", c.addr, err)
+			}
+		})
+	}
+}
+
+// TestURLPolicyOddIPv4OnHops: the URL policy refuses IPv4 spellings other
+// than dotted decimal on every redirect hop and in a discovered jwks_uri, as
+// it does at registration (TestURLPolicyIPv4Spellings). The dial never
+// happens: the refusal is ClassRedirect or ClassParse, not a dial error.
+func TestURLPolicyOddIPv4OnHops(t *testing.T) {
+	const discPath = "/.well-known/openid-configuration"
+	idp, srv := tlsIdP(t)
+	port := portOf(t, srv)
+	f := newTestFetcher(t, tlsOptions(idp))
+	for _, c := range []struct{ name, host string }{
+		{"decimal", "2130706433"},
+		{"hex", "0x7f000001"},
+		{"octal parts", "0177.0.0.01"},
+		{"two parts", "127.1"},
+		{"hex parts", "0x7f.0x0.0x0.0x1"},
+		{"trailing dot", "127.0.0.1."},
+		{"name ending in a hex label", "idp.0x10"},
+		{"fullwidth digits", "\uff11\uff12\uff17.0.0.1"},
+	} {
+		target := "https://" + c.host + ":" + port + jwksPath
+		t.Run("redirect to "+c.name, func(t *testing.T) {
+			idp.SetRedirect("/hop", target)
+			before := idp.Requests(jwksPath)
+			_, err := f.fetchKeys(t.Context(), testReg(t, f, nil), srv.URL+"/hop", validators{})
+			wantFetchError(t, err, ClassRedirect)
+			wantIs(t, err, true, ErrSecurityPolicy)
+			if n := idp.Requests(jwksPath) - before; n != 0 {
+				t.Errorf("the refused hop reached the IdP %d times", n)
+			}
+		})
+		t.Run("jwks_uri "+c.name, func(t *testing.T) {
+			idp.SetDiscovery(discPath, srv.URL, target)
+			reg := testReg(t, f, func(r *Registration) { r.JWKSURL, r.Issuer = "", srv.URL })
+			_, err := f.fetchDiscovery(t.Context(), reg, validators{})
+			wantFetchError(t, err, ClassParse)
+			wantIs(t, err, true, ErrSecurityPolicy)
+		})
+	}
+}
+
+// TestFetchTransportPerPinSet: one built-in transport per pin set (in any
+// order, repeats ignored), counted by registration, closed and dropped when
+// the last one goes; a fetch without a counted entry still gets a working
+// transport.
+func TestFetchTransportPerPinSet(t *testing.T) {
+	idp := testidp.New()
+	idp.SetKeys(jwksPath, testidp.NewKey("ES256", "ec-1"))
+	var opened, closed atomic.Int32
+	closedCh := make(chan struct{}, 16)
+	srv := httptest.NewUnstartedServer(idp)
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{idp.Certificate()}}
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			opened.Add(1)
+		case http.StateClosed:
+			closed.Add(1)
+			closedCh <- struct{}{}
+		}
+	}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	u := srv.URL + jwksPath
+	leafPin, caPin := testidp.SPKIPin(idp.Leaf()), testidp.SPKIPin(idp.CA())
+	waitClosed := func(t *testing.T) {
+		t.Helper()
+		select {
+		case <-closedCh:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the idle connection was not closed")
+		}
+	}
+	entry := func(f *fetcher, pins [][32]byte) *pinTransport {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.transports[pinKey(pins)]
+	}
+
+	t.Run("two providers share one transport; the last release closes it", func(t *testing.T) {
+		f := newTestFetcher(t, tlsOptions(idp))
+		regA := testReg(t, f, func(r *Registration) { r.PinnedSPKI = []string{leafPin, caPin} })
+		regB := testReg(t, f, func(r *Registration) { r.PinnedSPKI = []string{caPin, leafPin, caPin} })
+		f.acquirePins(regA.pins())
+		f.acquirePins(regB.pins())
+		if n := len(f.transports); n != 1 {
+			t.Fatalf("%d transports for one pin set in two orders", n)
+		}
+		if f.transport(regA.pins()) != f.transport(regB.pins()) {
+			t.Fatalf("the same pin set in another order got another transport")
+		}
+		if e := entry(f, regA.pins()); e == nil || e.users != 2 {
+			t.Fatalf("entry = %+v, want 2 users", e)
+		}
+		opened0 := opened.Load()
+		wantKeys(t, mustFetchKeys(t, f, regA, u, validators{}), 1)
+
+		f.releasePins(regA.pins())
+		e := entry(f, regB.pins())
+		if e == nil || e.users != 1 {
+			t.Fatalf("after one release: entry = %+v, want 1 user", e)
+		}
+		// The transport kept its idle connection: regB reuses it.
+		wantKeys(t, mustFetchKeys(t, f, regB, u, validators{}), 1)
+		if n := opened.Load() - opened0; n != 1 {
+			t.Errorf("%d connections for two fetches through one kept transport, want 1", n)
+		}
+		if n := closed.Load(); n != 0 {
+			t.Errorf("%d connections closed while a user remained", n)
+		}
+
+		f.releasePins(regB.pins())
+		if e := entry(f, regB.pins()); e != nil {
+			t.Errorf("entry still present after the last release: %+v", e)
+		}
+		if n := len(f.transports); n != 0 {
+			t.Errorf("%d transports left", n)
+		}
+		waitClosed(t)
+	})
+
+	t.Run("distinct sets get distinct transports, the empty set too", func(t *testing.T) {
+		f := newTestFetcher(t, tlsOptions(idp))
+		leaf := testReg(t, f, func(r *Registration) { r.PinnedSPKI = []string{leafPin} })
+		none := testReg(t, f, nil)
+		f.acquirePins(leaf.pins())
+		f.acquirePins(none.pins())
+		f.acquirePins(nil)
+		if f.transport(leaf.pins()) == f.transport(none.pins()) {
+			t.Fatalf("pinned and unpinned providers share a transport")
+		}
+		if e := entry(f, nil); e == nil || e.users != 2 {
+			t.Fatalf("empty set entry = %+v, want 2 users", e)
+		}
+		f.releasePins(leaf.pins())
+		f.releasePins(none.pins())
+		if e := entry(f, nil); e == nil || e.users != 1 {
+			t.Fatalf("empty set entry = %+v, want 1 user", e)
+		}
+		f.releasePins([][32]byte{})
+		if n := len(f.transports); n != 0 {
+			t.Errorf("%d transports left", n)
+		}
+	})
+
+	t.Run("a fetch without a counted entry works and is pruned later", func(t *testing.T) {
+		f := newTestFetcher(t, tlsOptions(idp))
+		reg := testReg(t, f, func(r *Registration) { r.PinnedSPKI = []string{leafPin} })
+		f.acquirePins(reg.pins())
+		f.releasePins(reg.pins()) // unregistered; a refresh already running goes on
+		tr := f.transport(reg.pins())
+		if tr == nil {
+			t.Fatal("no transport")
+		}
+		wantKeys(t, mustFetchKeys(t, f, reg, u, validators{}), 1)
+		if e := entry(f, reg.pins()); e == nil || e.users != 0 {
+			t.Fatalf("uncounted entry = %+v", e)
+		}
+		closed0 := closed.Load()
+		f.acquirePins(nil) // any acquire or release prunes it
+		if e := entry(f, reg.pins()); e != nil {
+			t.Errorf("uncounted entry not pruned: %+v", e)
+		}
+		if e := entry(f, nil); e == nil || e.users != 1 {
+			t.Errorf("the acquired entry = %+v", e)
+		}
+		waitClosed(t)
+		if closed.Load() == closed0 {
+			t.Errorf("no connection closed")
+		}
+		// The pruned transport still works for whoever holds it.
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, u, nil)
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("pruned transport: %v", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("pruned transport: status %d", resp.StatusCode)
+		}
+	})
+
+	t.Run("release without acquire is a no-op", func(t *testing.T) {
+		f := newTestFetcher(t, tlsOptions(idp))
+		f.acquirePins(nil)
+		f.releasePins([][32]byte{{1}})
+		f.releasePins([][32]byte{{1}})
+		if e := entry(f, nil); e == nil || e.users != 1 {
+			t.Errorf("entry = %+v, want 1 user", e)
+		}
+	})
+
+	t.Run("caller's transport: nothing counted", func(t *testing.T) {
+		custom := &http.Transport{}
+		f := newTestFetcher(t, Options{HTTPClient: &http.Client{Transport: custom}})
+		f.acquirePins(nil)
+		if f.transport(nil) != custom || len(f.transports) != 0 {
+			t.Errorf("transport = %v with %d entries", f.transport(nil), len(f.transports))
+		}
+		f.releasePins(nil)
+	})
+
+	t.Run("concurrent users", func(t *testing.T) {
+		f := newTestFetcher(t, Options{})
+		sets := [][][32]byte{nil, {{1}}, {{1}, {2}}, {{2}, {1}}, {{3}}}
+		var wg sync.WaitGroup
+		for g := range 16 {
+			wg.Go(func() {
+				for i := range 200 {
+					pins := sets[(g+i)%len(sets)]
+					f.acquirePins(pins)
+					if f.transport(pins) == nil {
+						t.Error("nil transport")
+					}
+					f.releasePins(pins)
+				}
+			})
+		}
+		wg.Wait()
+		if n := len(f.transports); n != 0 {
+			t.Errorf("%d transports left after every user went", n)
+		}
+	})
+}
+
+func TestPinKey(t *testing.T) {
+	a, b, c := [32]byte{1}, [32]byte{2}, [32]byte{3}
+	for _, tc := range []struct {
+		name string
+		x, y [][32]byte
+		same bool
+	}{
+		{"order", [][32]byte{a, b, c}, [][32]byte{c, a, b}, true},
+		{"repeats", [][32]byte{a, b}, [][32]byte{b, a, b, a}, true},
+		{"empty and nil", nil, [][32]byte{}, true},
+		{"subset", [][32]byte{a, b}, [][32]byte{a}, false},
+		{"other pin", [][32]byte{a}, [][32]byte{b}, false},
+		{"none and one", nil, [][32]byte{a}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			x := slices.Clone(tc.x)
+			if got := pinKey(tc.x) == pinKey(tc.y); got != tc.same {
+				t.Errorf("pinKey equal = %v, want %v", got, tc.same)
+			}
+			if !slices.Equal(x, tc.x) {
+				t.Errorf("pinKey reordered its argument")
+			}
+		})
+	}
+}
+
+// hostileTransport answers every request with resp, built per request.
+type hostileTransport func(*http.Request) *http.Response
+
+func (h hostileTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp := h(req)
+	resp.Request = req
+	if resp.Header == nil {
+		resp.Header = http.Header{}
+	}
+	if resp.Body == nil {
+		resp.Body = io.NopCloser(strings.NewReader(""))
+	}
+	return resp, nil
+}
+
+// TestFetchErrorTextCapped: upstream data of 100 KB (an issuer, a status
+// line, a Content-Encoding, a redirect target, a certificate-sized parser
+// message) never makes a FetchError text longer than about a KiB, and the
+// text still names the tenant, provider and URL.
+func TestFetchErrorTextCapped(t *testing.T) {
+	const issuer = "https://idp.test"
+	huge := strings.Repeat("A", 100<<10)
+	ok := func(body string, hdr ...string) *http.Response {
+		h := http.Header{"Content-Type": {"application/json"}}
+		for i := 0; i+1 < len(hdr); i += 2 {
+			h.Set(hdr[i], hdr[i+1])
+		}
+		return &http.Response{StatusCode: 200, Status: "200 OK", Header: h, Body: io.NopCloser(strings.NewReader(body))}
+	}
+	for _, c := range []struct {
+		name   string
+		resp   func(*http.Request) *http.Response
+		disc   bool
+		class  ErrorClass
+		limit  int
+		status int
+	}{
+		{"discovery issuer", func(*http.Request) *http.Response {
+			return ok(`{"issuer":"https://evil.test/` + huge + `","jwks_uri":"https://idp.test/jwks.json"}`)
+		}, true, ClassParse, 1200, 0},
+		{"discovery issuer invalid UTF-8", func(*http.Request) *http.Response {
+			return ok(`{"issuer":"` + strings.Repeat("\xff", 100<<10) + `","jwks_uri":"https://idp.test/jwks.json"}`)
+		}, true, ClassParse, 1200, 0},
+		{"discovery jwks_uri", func(*http.Request) *http.Response {
+			return ok(`{"issuer":"` + issuer + `","jwks_uri":"http://idp.test/` + huge + `"}`)
+		}, true, ClassParse, 1200, 0},
+		{"discovery JSON error", func(*http.Request) *http.Response {
+			return ok(`{"issuer":"` + issuer + `","jwks_uri":1,"` + huge + `":[}`)
+		}, true, ClassParse, 1200, 0},
+		{"status line", func(*http.Request) *http.Response {
+			return &http.Response{StatusCode: 599, Status: "599 " + huge}
+		}, false, ClassStatus, 1200, 599},
+		{"Content-Encoding", func(*http.Request) *http.Response {
+			return ok(`{"keys":[]}`, "Content-Encoding", huge)
+		}, false, ClassParse, 1200, 0},
+		// The hop URL shows twice (as the URL and in the policy message),
+		// each capped.
+		{"redirect target", func(*http.Request) *http.Response {
+			return &http.Response{StatusCode: 302, Status: "302 Found", Header: http.Header{"Location": {"http://idp.test/" + huge}}}
+		}, false, ClassRedirect, 2000, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newTestFetcher(t, Options{HTTPClient: &http.Client{Transport: hostileTransport(c.resp)}})
+			reg := testReg(t, f, func(r *Registration) {
+				r.Retry.MaxRetries = -1
+				if c.disc {
+					r.JWKSURL, r.Issuer = "", issuer
+				}
+			})
+			var err error
+			u := "https://idp.test/jwks.json"
+			if c.disc {
+				u = issuer + "/.well-known/openid-configuration"
+				_, err = f.fetchDiscovery(t.Context(), reg, validators{})
+			} else {
+				_, err = f.fetchKeys(t.Context(), reg, u, validators{})
+			}
+			fe := wantFetchError(t, err, c.class)
+			msg := err.Error()
+			if len(msg) > c.limit {
+				t.Errorf("error text of %d bytes, want at most %d: %.300s...", len(msg), c.limit, msg)
+			}
+			if !utf8.ValidString(msg) {
+				t.Errorf("error text is not valid UTF-8")
+			}
+			if c.class == ClassRedirect {
+				u = "http://idp.test/AAAA" // the refused hop, capped
+			}
+			if !strings.Contains(msg, "acme/auth0") || !strings.Contains(msg, "fetch "+u) {
+				t.Errorf("error text does not name acme/auth0 and %s: %.300s", u, msg)
+			}
+			t.Logf("%d bytes: %.200s", len(msg), msg)
+			if fe.StatusCode != c.status {
+				t.Errorf("StatusCode = %d, want %d", fe.StatusCode, c.status)
+			}
+		})
+	}
 }

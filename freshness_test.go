@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -178,7 +179,7 @@ func TestFreshnessSynthetic(t *testing.T) {
 		{"Age negative is ignored", hdr{{"Cache-Control", "max-age=600"}, {"Age", "-100"}}, now, 0, 0,
 			freshness{TTL: 10 * time.Minute, Raw: 10 * time.Minute, Source: "max-age"}},
 		{"Age huge", hdr{{"Cache-Control", "max-age=600"}, {"Age", "99999999999999"}}, now, 0, 0,
-			freshness{TTL: minTTL, Raw: 600*time.Second - math.MaxInt32*time.Second, Source: "max-age"}},
+			freshness{TTL: minTTL, Raw: 600*time.Second - 1<<31*time.Second, Source: "max-age"}},
 		{"multiple Cache-Control lines", hdr{{"Cache-Control", "public"}, {"Cache-Control", "max-age=120"}}, now, 0, 0,
 			freshness{TTL: 2 * time.Minute, Raw: 2 * time.Minute, Source: "max-age"}},
 		{"no-cache on a second line", hdr{{"Cache-Control", "max-age=120"}, {"Cache-Control", "no-cache"}}, now, 0, 0,
@@ -310,5 +311,127 @@ func TestRetryAfter(t *testing.T) {
 		if got := retryAfter(tt.in, now); got != tt.want {
 			t.Errorf("retryAfter(%q) = %v, want %v", tt.in, got, tt.want)
 		}
+	}
+}
+
+// TestFreshnessAgeOverflowAndRepeats: RFC 9111 section 1.2.2, an Age too
+// large to represent counts as 2^31 seconds (so the response is stale and
+// gets MinTTL), never as 0; section 4.2.1, of repeated max-age directives
+// the first counts (cacheobject alone keeps the last).
+func TestFreshnessAgeOverflowAndRepeats(t *testing.T) {
+	const date = "Sat, 12 Nov 2022 19:33:44 GMT"
+	now := time.Date(2022, 11, 12, 19, 33, 44, 0, time.UTC)
+	const overflow = 1 << 31 * time.Second
+	type hdr = [][2]string
+	for _, tt := range []struct {
+		name string
+		h    hdr
+		want freshness
+	}{
+		{"Age past 64 bits", hdr{{"Cache-Control", "max-age=3600"}, {"Age", "99999999999999999999"}},
+			freshness{TTL: DefaultMinTTL, Raw: time.Hour - overflow, Source: "max-age"}},
+		{"Age of 1000 digits", hdr{{"Cache-Control", "max-age=3600"}, {"Age", strings.Repeat("9", 1000)}},
+			freshness{TTL: DefaultMinTTL, Raw: time.Hour - overflow, Source: "max-age"}},
+		{"Age 2^64", hdr{{"Cache-Control", "max-age=3600"}, {"Age", "18446744073709551616"}},
+			freshness{TTL: DefaultMinTTL, Raw: time.Hour - overflow, Source: "max-age"}},
+		{"Age 2^31", hdr{{"Cache-Control", "max-age=3600"}, {"Age", "2147483648"}},
+			freshness{TTL: DefaultMinTTL, Raw: time.Hour - overflow, Source: "max-age"}},
+		{"Age 2^31+1", hdr{{"Cache-Control", "max-age=3600"}, {"Age", "2147483649"}},
+			freshness{TTL: DefaultMinTTL, Raw: time.Hour - overflow, Source: "max-age"}},
+		{"Age 2^31-1", hdr{{"Cache-Control", "max-age=3600"}, {"Age", "2147483647"}},
+			freshness{TTL: DefaultMinTTL, Raw: time.Hour - overflow + time.Second, Source: "max-age"}},
+		{"Age overflow with Expires", hdr{{"Date", date}, {"Expires", "Sat, 12 Nov 2022 20:33:44 GMT"}, {"Age", "99999999999999999999"}},
+			freshness{TTL: DefaultMinTTL, Raw: time.Hour - overflow, Source: "expires"}},
+		{"Age list: the first counts", hdr{{"Cache-Control", "max-age=3600"}, {"Age", "600, 7200"}},
+			freshness{TTL: 50 * time.Minute, Raw: 50 * time.Minute, Source: "max-age"}},
+		{"Age with a plus sign is invalid", hdr{{"Cache-Control", "max-age=3600"}, {"Age", "+600"}},
+			freshness{TTL: time.Hour, Raw: time.Hour, Source: "max-age"}},
+		{"Age with inner space is invalid", hdr{{"Cache-Control", "max-age=3600"}, {"Age", "6 00"}},
+			freshness{TTL: time.Hour, Raw: time.Hour, Source: "max-age"}},
+
+		{"max-age twice: the first counts", hdr{{"Cache-Control", "max-age=60, max-age=3600"}},
+			freshness{TTL: time.Minute, Raw: time.Minute, Source: "max-age"}},
+		{"max-age twice, larger first", hdr{{"Cache-Control", "max-age=3600, private, max-age=60"}},
+			freshness{TTL: time.Hour, Raw: time.Hour, Source: "max-age"}},
+		{"max-age on two field lines", hdr{{"Cache-Control", "max-age=120"}, {"Cache-Control", "max-age=86400"}},
+			freshness{TTL: 2 * time.Minute, Raw: 2 * time.Minute, Source: "max-age"}},
+		{"max-age twice in other cases", hdr{{"Cache-Control", "Max-Age=300, MAX-AGE=7200"}},
+			freshness{TTL: 5 * time.Minute, Raw: 5 * time.Minute, Source: "max-age"}},
+		{"a comma in a quoted string is not a separator", hdr{{"Cache-Control", `ext="a, max-age=1", max-age=300`}},
+			freshness{TTL: 5 * time.Minute, Raw: 5 * time.Minute, Source: "max-age"}},
+		{"an escaped quote does not end the string", hdr{{"Cache-Control", `ext="a\", max-age=1", max-age=300, max-age=9`}},
+			freshness{TTL: 5 * time.Minute, Raw: 5 * time.Minute, Source: "max-age"}},
+		{"quoted first max-age", hdr{{"Cache-Control", `max-age="600", max-age=60`}},
+			freshness{TTL: 10 * time.Minute, Raw: 10 * time.Minute, Source: "max-age"}},
+		{"max-age twice minus Age", hdr{{"Cache-Control", "max-age=600, max-age=60"}, {"Age", "100"}},
+			freshness{TTL: 500 * time.Second, Raw: 500 * time.Second, Source: "max-age"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := http.Header{}
+			for _, kv := range tt.h {
+				h.Add(kv[0], kv[1])
+			}
+			if got := computeFreshness(h, now, DefaultMinTTL, DefaultMaxTTL); got != tt.want {
+				t.Errorf("computeFreshness = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestFreshnessLongCacheControl: a Cache-Control value over maxCacheControl
+// is ignored as a whole, like one that does not parse, rather than handed to
+// a parser whose cost grows with the square of its length.
+func TestFreshnessLongCacheControl(t *testing.T) {
+	const date = "Sat, 12 Nov 2022 19:33:44 GMT"
+	now := time.Date(2022, 11, 12, 19, 33, 44, 0, time.UTC)
+	pad := func(head string, n int) string { return head + strings.Repeat(" ", n-len(head)) }
+	for _, tt := range []struct {
+		name string
+		cc   []string
+		exp  string
+		want freshness
+	}{
+		{"at the limit", []string{pad("max-age=600", maxCacheControl)}, "",
+			freshness{TTL: 10 * time.Minute, Raw: 10 * time.Minute, Source: "max-age"}},
+		{"over the limit", []string{pad("max-age=600", maxCacheControl+1)}, "",
+			freshness{TTL: DefaultTTL, Raw: DefaultTTL, Source: "default"}},
+		{"over the limit falls back to Expires", []string{pad("no-store", maxCacheControl+1)}, "Sat, 12 Nov 2022 20:33:44 GMT",
+			freshness{TTL: time.Hour, Raw: time.Hour, Source: "expires"}},
+		{"over the limit across field lines", []string{pad("max-age=600", maxCacheControl/2), pad("public", maxCacheControl/2)}, "",
+			freshness{TTL: DefaultTTL, Raw: DefaultTTL, Source: "default"}},
+		{"many quoted strings", []string{strings.Repeat(`a="",`, 64<<10/5) + "max-age=600"}, "",
+			freshness{TTL: DefaultTTL, Raw: DefaultTTL, Source: "default"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := http.Header{"Cache-Control": tt.cc}
+			if tt.exp != "" {
+				h.Set("Date", date)
+				h.Set("Expires", tt.exp)
+			}
+			if got := computeFreshness(h, now, DefaultMinTTL, DefaultMaxTTL); got != tt.want {
+				t.Errorf("computeFreshness = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestSplitList(t *testing.T) {
+	for _, tt := range []struct {
+		name, in string
+		want     []string
+	}{
+		{"empty", "", []string{""}},
+		{"one", "max-age=60", []string{"max-age=60"}},
+		{"several", "a, b,c", []string{"a", " b", "c"}},
+		{"empty members", ",a,,", []string{"", "a", "", ""}},
+		{"quoted comma", `a="x,y", b`, []string{`a="x,y"`, " b"}},
+		{"escaped quote", `a="x\",y", b`, []string{`a="x\",y"`, " b"}},
+		{"unterminated quote", `a="x, b`, []string{`a="x, b`}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := splitList(tt.in); !slices.Equal(got, tt.want) {
+				t.Errorf("splitList(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+		})
 	}
 }

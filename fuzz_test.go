@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"reflect"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -66,7 +68,9 @@ func FuzzParseKeySet(f *testing.F) {
 }
 
 // FuzzFreshness: whatever the caching headers say, the lifetime stays in
-// [minTTL, maxTTL] and the refresh lands in [TTL/2, TTL].
+// [minTTL, maxTTL] and the refresh lands in [TTL/2, TTL]; an Age of 2^31
+// seconds or more makes a max-age response stale; a max-age directive
+// appended after the first does not change the result.
 func FuzzFreshness(f *testing.F) {
 	f.Add("max-age=15, stale-while-revalidate=15, stale-if-error=15", "", "", "", uint32(0), uint32(86370))
 	f.Add("no-cache", "0", "", "", uint32(0), uint32(86370))
@@ -74,6 +78,9 @@ func FuzzFreshness(f *testing.F) {
 	f.Add("", "Fri, 31 Dec 9999 23:59:59 GMT", "", "Sat, 12 Nov 2022 19:33:44 GMT", uint32(30), uint32(3600))
 	f.Add(`private="x`, "", "99999999999999", "", uint32(0), uint32(0))
 	f.Add("max-age=99999999999999999999", "", "-1", "", uint32(1<<31), uint32(1<<31))
+	f.Add("max-age=60, max-age=3600", "", "", "", uint32(0), uint32(86370))
+	f.Add("public, max-age=3600", "", "99999999999999999999", "", uint32(0), uint32(86370))
+	f.Add(`ext="a, max-age=1", max-age=300`, "", "2147483648", "", uint32(0), uint32(86370))
 	now := time.Date(2022, 11, 12, 19, 33, 44, 0, time.UTC)
 	f.Fuzz(func(t *testing.T, cc, expires, age, date string, minExtra, span uint32) {
 		h := http.Header{}
@@ -112,11 +119,41 @@ func FuzzFreshness(f *testing.F) {
 		if d < got.TTL/2 || d > got.TTL {
 			t.Errorf("refreshDelay(%v) = %v", got.TTL, d)
 		}
+		// RFC 9111 section 1.2.2: an Age too large counts as 2^31 s, more
+		// than any max-age, so the response is stale.
+		if got.Source == "max-age" && ageOverflows(h.Get("Age")) && got.TTL != minTTL {
+			t.Errorf("Age %q: TTL %v, want MinTTL %v", h.Get("Age"), got.TTL, minTTL)
+		}
+		// RFC 9111 section 4.2.1: the first max-age counts, so another one
+		// appended changes nothing. (A stray quote outside a directive's
+		// argument makes the list split and the whole-header parse
+		// disagree about where members end; such input is left out, and
+		// so is a value the appended directive would push over
+		// maxCacheControl.)
+		if got.Source == "max-age" && !strings.ContainsAny(cc, `"\`) && len(cc)+len(", max-age=7") <= maxCacheControl {
+			h2 := h.Clone()
+			h2.Add("Cache-Control", "max-age=7")
+			if again := computeFreshness(h2, now, minTTL, maxTTL); again != got {
+				t.Errorf("appending max-age=7 changed %+v to %+v", got, again)
+			}
+		}
 	})
 }
 
-// FuzzRegistrationJSON: UnmarshalJSON never panics, and a registration it
-// accepts that also passes Validate survives Marshal and Unmarshal.
+// ageOverflows reports whether an Age value is delta-seconds of 2^31 or more.
+func ageOverflows(v string) bool {
+	v = strings.Trim(v, " \t")
+	if v == "" || strings.Trim(v, "0123456789") != "" {
+		return false
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	return err != nil || n >= 1<<31
+}
+
+// FuzzRegistrationJSON: UnmarshalJSON never panics, its errors are short, it
+// accepts only documented member names, spelt exactly, and a
+// registration it accepts that also passes Validate survives Marshal and
+// Unmarshal.
 func FuzzRegistrationJSON(f *testing.F) {
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`{"tenantId":"acme","providerId":"auth0","jwksUrl":"https://acme.eu.auth0.com/.well-known/jwks.json"}`))
@@ -124,14 +161,22 @@ func FuzzRegistrationJSON(f *testing.F) {
 	f.Add([]byte(`{"tenantId":"a","providerId":"b","jwksUrl":"https://x.example","maxTtl":"PT2562047H47M16.854775807S","prefetchJitter":"PT2562047H47M16.854775807S"}`))
 	f.Add([]byte(`{"tenantId":"a"}}`))
 	f.Add([]byte(`{"minTtl":"PT1.5M30S"}`))
+	f.Add([]byte(`{"tenantId":"a","minTTL":"PT1M"}`))
+	f.Add([]byte(`{"retryPolicy":{"maxRetrie\u017f":1,"MaxRetries":2}}`))
+	f.Add([]byte(`{"tenantId":"a","tenantId":"b"}`))
+	f.Add([]byte(`{"tenantId":"a","providerId":"b","jwksUrl":"https://0x7f000001/jwks"}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var r Registration
 		if err := r.UnmarshalJSON(data); err != nil {
 			if !errors.Is(err, ErrInvalidRegistration) {
 				t.Fatalf("error %v does not match ErrInvalidRegistration", err)
 			}
+			if n := len(err.Error()); n > 512 {
+				t.Fatalf("error text of %d bytes: %.200s", n, err)
+			}
 			return
 		}
+		wantExactNames(t, data, registrationFields)
 		if err := r.Validate(); err != nil {
 			var re *RegistrationError
 			if !errors.As(err, &re) || len(re.Fields) == 0 {
@@ -171,6 +216,24 @@ func FuzzRegistrationJSON(f *testing.F) {
 		}
 		_ = refreshDelay(d.MaxTTL, d.RefreshEarly, d.jitterWindow(), rand.Int64N)
 	})
+}
+
+// wantExactNames fails unless every member name of the JSON object data is
+// one of obj's exactly, once, recursively into obj.nested.
+func wantExactNames(t *testing.T, data []byte, obj jsonObject) {
+	t.Helper()
+	var m map[string]json.RawMessage
+	if json.Unmarshal(data, &m) != nil {
+		return // null, or not an object
+	}
+	for name, val := range m {
+		if !obj.names[name] {
+			t.Fatalf("accepted member %q", name)
+		}
+		if sub, ok := obj.nested[name]; ok {
+			wantExactNames(t, val, sub)
+		}
+	}
 }
 
 // FuzzISODuration: a parsed duration is never negative and formats back to

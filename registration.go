@@ -10,8 +10,11 @@ import (
 	"io"
 	"net/netip"
 	"net/url"
+	"reflect"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Registration defaults. A zero field of Registration or RetryPolicy means
@@ -265,7 +268,7 @@ func (r *Registration) validate(pol urlPolicy) error {
 	}
 	for i, d := range r.AllowedDomains {
 		if msg := checkDomain(d); msg != "" {
-			bad(fmt.Sprintf("allowedDomains[%d]", i), "%q: %s", d, msg)
+			bad(fmt.Sprintf("allowedDomains[%d]", i), "%s: %s", showURL(d), msg)
 		}
 	}
 	switch {
@@ -364,7 +367,7 @@ func checkDomain(d string) string {
 func (p *urlPolicy) checkURL(field, raw string) []FieldError {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return []FieldError{{Field: field, Message: fmt.Sprintf("not a URL: %v", err)}}
+		return []FieldError{{Field: field, Message: "not a URL: " + capText(err.Error())}}
 	}
 	if err := p.checkParsed(u); err != nil {
 		var pe *policyError
@@ -382,36 +385,101 @@ func (e *policyError) Is(target error) bool {
 }
 
 // checkParsed applies the URL policy to u. It returns a *policyError for a
-// security refusal and a plain error for a malformed URL.
+// security refusal and a plain error for a malformed URL. URLs and hosts are
+// shown capped: on a redirect hop or a discovered jwks_uri they are
+// upstream data.
 func (p *urlPolicy) checkParsed(u *url.URL) error {
+	shown := showURL(u.Redacted())
 	if !u.IsAbs() || u.Host == "" || u.Opaque != "" {
-		return fmt.Errorf("%q: must be an absolute URL with a host", u.Redacted())
+		return fmt.Errorf("%s: must be an absolute URL with a host", shown)
 	}
 	switch u.Scheme {
 	case "https":
 	case "http":
 		if !p.allowHTTP {
-			return &policyError{fmt.Sprintf("%q: http is refused; use https (or set AllowHTTP on both the Registration and the Options)", u.Redacted())}
+			return &policyError{fmt.Sprintf("%s: http is refused; use https (or set AllowHTTP on both the Registration and the Options)", shown)}
 		}
 	default:
-		return fmt.Errorf("%q: scheme must be https", u.Redacted())
+		return fmt.Errorf("%s: scheme must be https", shown)
 	}
 	if u.User != nil {
-		return &policyError{fmt.Sprintf("%q: userinfo in the URL is refused", u.Redacted())}
+		return &policyError{fmt.Sprintf("%s: userinfo in the URL is refused", shown)}
 	}
 	host := strings.ToLower(u.Hostname())
 	if host == "" {
-		return fmt.Errorf("%q: missing host", u.Redacted())
+		return fmt.Errorf("%s: missing host", shown)
 	}
 	if ip, err := netip.ParseAddr(host); err == nil {
 		if !prefixesContain(p.allowedAddresses, ip) {
-			return &policyError{fmt.Sprintf("%q: IP-literal host %s is refused unless within Options.AllowedAddresses", u.Redacted(), ip)}
+			return &policyError{fmt.Sprintf("%s: IP-literal host %s is refused unless within Options.AllowedAddresses", shown, ip)}
 		}
+	} else if msg := hostSpellingProblem(host); msg != "" {
+		return &policyError{fmt.Sprintf("%s: host %s %s", shown, showURL(host), msg)}
 	}
 	if !domainAllowed(p.domains, host) || !domainAllowed(p.regDomains, host) {
-		return &policyError{fmt.Sprintf("%q: host %s is outside the allowed domains", u.Redacted(), host)}
+		return &policyError{fmt.Sprintf("%s: host %s is outside the allowed domains", shown, showURL(host))}
 	}
 	return nil
+}
+
+// maxShownURL caps a URL or host quoted in an error text.
+const maxShownURL = 256
+
+// showURL returns a URL or host quoted for an error text, valid UTF-8, and
+// cut visibly after maxShownURL bytes.
+func showURL(s string) string { return strconv.Quote(capTo(s, maxShownURL)) }
+
+// hostSpellingProblem explains why a host that is not a canonical IP
+// literal (netip.ParseAddr refused it) is refused, or returns "".
+//
+// IP-literal hosts pass only within Options.AllowedAddresses, so a host
+// that some resolver reads as an IPv4 address in another spelling must not
+// pass as a name. inet_aton, which getaddrinfo applies to numeric hosts
+// (so Go's cgo resolver and many other clients do), reads 1 to 4 parts,
+// each decimal, octal with a leading 0 or hex with 0x: 134744072, 0x08080808, 010.010.010.010,
+// 8.526344, 0x8.0x8.0x8.0x8 are all 8.8.8.8. The WHATWG URL standard
+// parses a host whose last label (after one trailing dot) is such a number
+// as IPv4 too, and refuses it when the other labels are not numbers
+// (example.0x10). Both cases are refused: the last label decides, as in
+// WHATWG's "ends in a number" rule, which every inet_aton spelling meets.
+//
+// A host with non-ASCII characters is refused as well: Go's HTTP client,
+// like browsers, maps it with IDNA (UTS 46) before resolving, and the
+// mapping folds fullwidth, mathematical, circled or superscript digits and
+// ideographic full stops to ASCII, so "１２７。０。０。１" dials 127.0.0.1.
+// The standard library has no IDNA mapping to check the result against, so
+// an internationalised name must be written in its A-label (xn--) form.
+func hostSpellingProblem(host string) string {
+	for i := 0; i < len(host); i++ {
+		if host[i] >= utf8.RuneSelf {
+			return "is not ASCII; write an internationalised domain name in its A-label (xn--) form"
+		}
+	}
+	if endsInNumber(host) {
+		return "is read as an IPv4 address by some resolvers (a decimal, octal or hex spelling); only dotted-decimal IP literals within Options.AllowedAddresses are accepted"
+	}
+	return ""
+}
+
+// endsInNumber is WHATWG URL's "ends in a number" check of an ASCII host:
+// its last label, ignoring one trailing dot, is all decimal digits or a
+// hexadecimal number with a 0x prefix (digits optional: "0x" is 0).
+func endsInNumber(host string) bool {
+	host = strings.TrimSuffix(host, ".")
+	last := host[strings.LastIndexByte(host, '.')+1:]
+	if last == "" {
+		return false
+	}
+	digits := "0123456789"
+	if len(last) >= 2 && last[0] == '0' && (last[1] == 'x' || last[1] == 'X') {
+		last, digits = last[2:], "0123456789abcdefABCDEF"
+	}
+	for i := 0; i < len(last); i++ {
+		if strings.IndexByte(digits, last[i]) < 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func domainAllowed(list []string, host string) bool {
@@ -455,6 +523,81 @@ func decodePins(pins []string) ([][sha256.Size]byte, error) {
 	return out, nil
 }
 
+// registrationFields are the member names of the JSON form, from the struct
+// tags, with the nested object retryPolicy.
+var registrationFields = jsonNames(reflect.TypeFor[registrationJSON](), map[string]jsonObject{
+	"retryPolicy": jsonNames(reflect.TypeFor[retryPolicyJSON](), nil),
+})
+
+// jsonObject lists the member names of a JSON object, and the members that
+// are objects with names of their own.
+type jsonObject struct {
+	names  map[string]bool
+	nested map[string]jsonObject
+}
+
+// jsonNames returns the names of struct type t's JSON fields.
+func jsonNames(t reflect.Type, nested map[string]jsonObject) jsonObject {
+	o := jsonObject{names: make(map[string]bool), nested: nested}
+	for f := range t.Fields() {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name != "" && name != "-" {
+			o.names[name] = true
+		}
+	}
+	return o
+}
+
+// checkMemberNames refuses a member of the JSON object raw whose name is not
+// exactly one of obj's, or that appears twice; members listed in
+// obj.nested are checked the same way when they are objects. A raw value
+// that is not an object passes: decoding it reports the problem. path
+// prefixes names in errors ("retryPolicy.").
+func checkMemberNames(raw json.RawMessage, obj jsonObject, path string) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil
+	}
+	seen := make(map[string]bool)
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		name, ok := tok.(string)
+		if !ok { // cannot happen in a valid object
+			return fmt.Errorf("member name %v is not a string", tok)
+		}
+		var val json.RawMessage
+		if err := dec.Decode(&val); err != nil {
+			return err
+		}
+		switch {
+		case !obj.names[name]:
+			msg := fmt.Sprintf("unknown field %s", showID(name))
+			if path != "" {
+				msg += " in " + strconv.Quote(strings.TrimSuffix(path, "."))
+			}
+			for known := range obj.names {
+				if strings.EqualFold(known, name) {
+					msg += fmt.Sprintf(" (names are case-sensitive: did you mean %q?)", known)
+					break
+				}
+			}
+			return errors.New(msg)
+		case seen[name]:
+			return fmt.Errorf("field %q appears more than once", path+name)
+		}
+		seen[name] = true
+		if sub, ok := obj.nested[name]; ok {
+			if err := checkMemberNames(val, sub, path+name+"."); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // registrationJSON is the wire form of Registration.
 type registrationJSON struct {
 	TenantID         string           `json:"tenantId,omitempty"`
@@ -494,7 +637,7 @@ func (d isoDuration) MarshalJSON() ([]byte, error) {
 func (d *isoDuration) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("duration must be an ISO-8601 string such as \"PT30S\", got %s", b)
+		return fmt.Errorf("duration must be an ISO-8601 string such as \"PT30S\", got %s", showID(string(b)))
 	}
 	v, err := parseISODuration(s)
 	if err != nil {
@@ -577,18 +720,30 @@ func (r Registration) MarshalJSON() ([]byte, error) {
 	return json.Marshal(w)
 }
 
-// UnmarshalJSON reads r from its JSON form. Unknown fields are refused, so a
-// misspelt setting is an error rather than a silent default.
+// UnmarshalJSON reads r from its JSON form. Member names must match
+// exactly: an unknown name, a name in another case (encoding/json alone
+// would accept "minTTL" or "MINTTL" for "minTtl") and a repeated name are
+// refused, so a misspelt setting is an error rather than a silent default.
+// Trailing data after the object is refused too.
 func (r *Registration) UnmarshalJSON(b []byte) error {
-	var w registrationJSON
 	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&w); err != nil {
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidRegistration, err)
 	}
 	// dec.More would miss a stray '}' or ']': read to the end instead.
 	if _, err := dec.Token(); err != io.EOF {
 		return fmt.Errorf("%w: trailing data after the registration object", ErrInvalidRegistration)
+	}
+	if err := checkMemberNames(raw, registrationFields, ""); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidRegistration, err)
+	}
+	var w registrationJSON
+	dec = json.NewDecoder(bytes.NewReader(raw))
+	// Redundant after checkMemberNames; kept as a second line of defence.
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&w); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidRegistration, err)
 	}
 	out := Registration{
 		TenantID: w.TenantID, ProviderID: w.ProviderID, JWKSURL: w.JWKSURL, Issuer: w.Issuer,

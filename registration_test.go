@@ -552,3 +552,156 @@ func TestRegistrationHelpers(t *testing.T) {
 		}
 	}
 }
+
+// TestURLPolicyIPv4Spellings: a host that some resolver (inet_aton, hence
+// getaddrinfo and Go's cgo resolver; WHATWG URL parsing; Go's IDNA mapping)
+// reads as an IPv4 address in a spelling other than dotted decimal is
+// refused, even when the address it stands for is within AllowedAddresses.
+// Dotted decimal within AllowedAddresses still passes, and names that only
+// look numeric in part still pass.
+func TestURLPolicyIPv4Spellings(t *testing.T) {
+	pol := urlPolicy{allowedAddresses: []netip.Prefix{
+		netip.MustParsePrefix("8.8.8.0/24"),
+		netip.MustParsePrefix("127.0.0.0/8"),
+	}}
+	for _, c := range []struct {
+		name, host string
+		ok         bool
+		mention    string
+	}{
+		{"dotted decimal within AllowedAddresses", "8.8.8.8", true, ""},
+		{"dotted decimal outside AllowedAddresses", "9.9.9.9", false, "IP-literal"},
+		{"IPv4-mapped IPv6 within AllowedAddresses", "[::ffff:8.8.8.8]", true, ""},
+
+		{"one decimal part", "134744072", false, "IPv4"},
+		{"one hex part", "0x08080808", false, "IPv4"},
+		{"one hex part, upper case", "0X08080808", false, "IPv4"},
+		{"one octal part", "01002004010", false, "IPv4"},
+		{"four octal parts", "010.010.010.010", false, "IPv4"},
+		{"octal-looking parts with 8", "08.08.08.08", false, "IPv4"},
+		{"two parts", "8.526344", false, "IPv4"},
+		{"three parts", "8.8.2056", false, "IPv4"},
+		{"four hex parts", "0x8.0x8.0x8.0x8", false, "IPv4"},
+		{"mixed radixes", "0x8.010.8.8", false, "IPv4"},
+		{"leading zeros", "008.008.008.008", false, "IPv4"},
+		{"dotted decimal with a trailing dot", "8.8.8.8.", false, "IPv4"},
+		{"decimal with a trailing dot", "134744072.", false, "IPv4"},
+		{"loopback in hex", "0x7f000001", false, "IPv4"},
+		{"loopback in two parts", "127.1", false, "IPv4"},
+		{"bare 0x", "0x", false, "IPv4"},
+		{"name ending in a hex label", "example.0x10", false, "IPv4"},
+		{"name ending in a decimal label", "example.123", false, "IPv4"},
+		{"name ending in a number and a dot", "idp.example.08.", false, "IPv4"},
+		{"out of range", "4294967296", false, "IPv4"},
+		{"fullwidth digits", "\uff18.\uff18.\uff18.\uff18", false, "A-label"},
+		{"ideographic full stops", "8\u30028\u30028\u30028", false, "A-label"},
+		{"mathematical digits", "\U0001d7d6.\U0001d7d6.\U0001d7d6.\U0001d7d6", false, "A-label"},
+		{"soft hyphen inside a number", "8.8.8.\u00ad8", false, "A-label"},
+		{"internationalised name in Unicode", "b\u00fccher.example", false, "A-label"},
+
+		{"internationalised name as A-label", "xn--bcher-kva.example", true, ""},
+		{"hex-looking top-level domain", "idp.cafe", true, ""},
+		{"number inside a label", "1e100.net", true, ""},
+		{"numeric labels before a name", "8.8.8.8.example", true, ""},
+		{"0x label in the middle", "idp.0x10.example", true, ""},
+		{"0x with a non-hex digit", "example.0xg", true, ""},
+		{"digits then letters", "example.123abc", true, ""},
+		{"trailing dot on a name", "idp.example.", true, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			raw := "https://" + c.host + "/jwks.json"
+			u, err := url.Parse(raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = pol.checkParsed(u)
+			if c.ok {
+				if err != nil {
+					t.Fatalf("%s refused: %v", raw, err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("%s allowed", raw)
+			}
+			if !errors.Is(err, ErrSecurityPolicy) || !strings.Contains(err.Error(), c.mention) {
+				t.Errorf("%s: error %q, want ErrSecurityPolicy mentioning %q", raw, err, c.mention)
+			}
+			// Register applies the same rule, as a security field error.
+			fields := pol.checkURL("jwksUrl", raw)
+			if len(fields) != 1 || !fields[0].Security || fields[0].Field != "jwksUrl" {
+				t.Errorf("checkURL = %+v, want one security error on jwksUrl", fields)
+			}
+		})
+	}
+}
+
+// TestRegistrationJSONExactNames: encoding/json matches names without
+// regard to case (and folds ſ to s and K to k); the JSON form does not.
+// Every member name must be one of the documented ones exactly, once.
+func TestRegistrationJSONExactNames(t *testing.T) {
+	for _, c := range []struct {
+		name, in string
+		mention  []string
+	}{
+		{"minTTL", `{"tenantId":"acme","minTTL":"PT1M"}`, []string{`"minTTL"`, `did you mean "minTtl"`}},
+		{"upper case", `{"TENANTID":"acme"}`, []string{`"TENANTID"`, `"tenantId"`}},
+		{"Go field name", `{"JWKSURL":"https://idp.example/jwks"}`, []string{`"JWKSURL"`, `"jwksUrl"`}},
+		{"jwksURL", `{"jwksURL":"https://idp.example/jwks"}`, []string{`"jwksURL"`, `"jwksUrl"`}},
+		{"capitalised nested object", `{"RetryPolicy":{"maxRetries":1}}`, []string{`"RetryPolicy"`, `"retryPolicy"`}},
+		{"nested case", `{"retryPolicy":{"MaxRetries":1}}`, []string{`"MaxRetries"`, `in "retryPolicy"`, `"maxRetries"`}},
+		{"long s folds to s", `{"retryPolicy":{"maxRetrie\u017f":1}}`, []string{`"maxRetrieſ"`, `"maxRetries"`}},
+		{"Kelvin sign folds to k", `{"tenantId":"acme","pinnedSp\u212ai":[]}`, []string{"\"pinnedSp\u212ai\"", `"pinnedSpki"`}},
+		{"unknown nested", `{"retryPolicy":{"maxAttempts":3}}`, []string{`"maxAttempts"`, `in "retryPolicy"`}},
+		{"repeated", `{"tenantId":"acme","tenantId":"evil"}`, []string{`"tenantId"`, "more than once"}},
+		{"repeated nested", `{"retryPolicy":{"deadline":"PT1S","deadline":"PT9S"}}`, []string{`"retryPolicy.deadline"`, "more than once"}},
+		{"escaped name in another case", `{"min\u0054TL":"PT1M"}`, []string{`"minTTL"`}},
+		{"huge unknown name", `{"` + strings.Repeat("x", 100<<10) + `":1}`, []string{"unknown field", "more bytes"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var r Registration
+			err := r.UnmarshalJSON([]byte(c.in))
+			if err == nil {
+				t.Fatalf("UnmarshalJSON accepted it: %+v", r)
+			}
+			if !errors.Is(err, ErrInvalidRegistration) {
+				t.Errorf("error %v does not match ErrInvalidRegistration", err)
+			}
+			for _, m := range c.mention {
+				if !strings.Contains(err.Error(), m) {
+					t.Errorf("error %.300q does not mention %s", err, m)
+				}
+			}
+			if len(err.Error()) > 300 {
+				t.Errorf("error text of %d bytes", len(err.Error()))
+			}
+			if !reflect.DeepEqual(r, Registration{}) {
+				t.Errorf("a failed UnmarshalJSON changed the registration: %+v", r)
+			}
+		})
+	}
+	// Exact names, escaped or not, null objects, and every field of the
+	// full registration still read.
+	for name, in := range map[string]string{
+		"escaped exact name": `{"tenant\u0049d":"acme"}`,
+		"null retryPolicy":   `{"tenantId":"acme","retryPolicy":null}`,
+		"empty retryPolicy":  `{"tenantId":"acme","retryPolicy":{}}`,
+	} {
+		t.Run("accepted "+name, func(t *testing.T) {
+			var r Registration
+			if err := r.UnmarshalJSON([]byte(in)); err != nil || r.TenantID != "acme" {
+				t.Errorf("UnmarshalJSON(%s) = %v, %+v", in, err, r)
+			}
+		})
+	}
+	t.Run("accepted every field", func(t *testing.T) {
+		b, err := json.Marshal(fullRegistration())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r Registration
+		if err := r.UnmarshalJSON(b); err != nil {
+			t.Fatalf("UnmarshalJSON(%s): %v", b, err)
+		}
+	})
+}
