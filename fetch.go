@@ -122,6 +122,9 @@ func (f *fetcher) fetchKeys(ctx context.Context, reg *Registration, rawURL strin
 	return &keysResult{fetchResult: res.fetchResult, Keys: res.parsed}, nil
 }
 
+// maxDiscoveredURL bounds the jwks_uri a discovery document may name.
+const maxDiscoveredURL = 2048
+
 // discoveryDoc is the part of an OIDC discovery document the cache uses.
 type discoveryDoc struct {
 	Issuer  string `json:"issuer"`
@@ -151,6 +154,10 @@ func (f *fetcher) fetchDiscovery(ctx context.Context, reg *Registration, val val
 			// Both issuers are shown capped: the document's is upstream
 			// data of any length.
 			return nil, fmt.Errorf("discovery document issuer %s does not equal the registered issuer %s", showID(d.Issuer), showID(reg.Issuer))
+		}
+		if len(d.JWKSURI) > maxDiscoveredURL {
+			// It is stored, shown in Status and named in errors.
+			return nil, fmt.Errorf("discovery document: jwks_uri of %d bytes (at most %d)", len(d.JWKSURI), maxDiscoveredURL)
 		}
 		u, err := url.Parse(d.JWKSURI)
 		if err != nil || d.JWKSURI == "" {

@@ -1526,6 +1526,7 @@ func TestFetchDiscovery(t *testing.T) {
 		{"jwks_uri outside AllowedAddresses", issuer, issuer, "https://10.0.0.1/jwks.json", true},
 		{"relative jwks_uri", issuer, issuer, "/jwks.json", false},
 		{"empty jwks_uri", issuer, issuer, "", false},
+		{"jwks_uri over 2 KiB", issuer, issuer, jwksURI + "?" + strings.Repeat("a", maxDiscoveredURL), false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			idp.SetDiscovery(discPath, c.docIssuer, c.jwksURI)

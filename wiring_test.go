@@ -1,6 +1,8 @@
 package jwkscache
 
 import (
+	"bytes"
+	"encoding/base64"
 	"runtime"
 	"testing"
 	"testing/synctest"
@@ -90,4 +92,60 @@ func TestHitSlotReleasedWhenUnreachable(t *testing.T) {
 	if s2 := c.alloc(); s2 != s || c.load(s2) != 0 {
 		t.Fatalf("reused slot %d holds %d, want slot %d zeroed", s2, c.load(s2), s)
 	}
+}
+
+// The Manager counts each registration's pin set with its fetcher: one
+// transport per set whatever the order of the pins, kept while a provider
+// uses it, closed and dropped when the last one goes or changes its pins.
+func TestPinTransportsFollowRegistrations(t *testing.T) {
+	m, err := New(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	pinA := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{1}, 32))
+	pinB := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{2}, 32))
+	users := func() map[string]int {
+		m.fetcher.mu.Lock()
+		defer m.fetcher.mu.Unlock()
+		out := map[string]int{}
+		for k, e := range m.fetcher.transports {
+			out[k] = e.users
+		}
+		return out
+	}
+	reg := func(provider string, pins ...string) {
+		t.Helper()
+		if err := m.Register(t.Context(), Registration{TenantID: "t", ProviderID: provider, JWKSURL: "https://idp.example.com/jwks", PinnedSPKI: pins}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg("a", pinA, pinB)
+	reg("b", pinB, pinA)
+	reg("c")
+	got := users()
+	ab := pinKey([][32]byte{bytes32(1), bytes32(2)})
+	if len(got) != 2 || got[ab] != 2 || got[pinKey(nil)] != 1 {
+		t.Fatalf("transports %v, want the {A,B} set used twice and the empty set once", got)
+	}
+	reg("b", pinA) // b changes its pins
+	if got := users(); got[ab] != 1 || got[pinKey([][32]byte{bytes32(1)})] != 1 {
+		t.Fatalf("after b changed pins: %v", got)
+	}
+	for _, p := range []string{"a", "b", "c"} {
+		if err := m.Unregister(t.Context(), "t", p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := users(); len(got) != 0 {
+		t.Fatalf("transports %v after every provider went, want none", got)
+	}
+}
+
+func bytes32(b byte) [32]byte {
+	var out [32]byte
+	for i := range out {
+		out[i] = b
+	}
+	return out
 }
