@@ -1,4 +1,4 @@
-package testidp
+package jwkscachetest
 
 import (
 	"crypto"
@@ -44,7 +44,7 @@ func pooledRSAKey() *rsa.PrivateKey {
 func mustRSA() *rsa.PrivateKey {
 	k, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
-		panic(fmt.Sprintf("testidp: generating RSA key: %v", err))
+		panic(fmt.Sprintf("jwkscachetest: generating RSA key: %v", err))
 	}
 	return k
 }
@@ -102,10 +102,10 @@ func newKey(alg, kid string, unique bool) *Key {
 	case "EdDSA":
 		_, signer, err = ed25519.GenerateKey(rand.Reader)
 	default:
-		panic(fmt.Sprintf("testidp: unknown algorithm %q", alg))
+		panic(fmt.Sprintf("jwkscachetest: unknown algorithm %q", alg))
 	}
 	if err != nil {
-		panic(fmt.Sprintf("testidp: generating %s key: %v", alg, err))
+		panic(fmt.Sprintf("jwkscachetest: generating %s key: %v", alg, err))
 	}
 	return &Key{
 		KID:    kid,
@@ -138,7 +138,7 @@ func (k *Key) SignWithoutKID(claims jwt.Claims) string {
 func (k *Key) SignWith(claims jwt.Claims, header map[string]any) string {
 	m := jwt.GetSigningMethod(k.Alg)
 	if m == nil {
-		panic(fmt.Sprintf("testidp: no signing method for %q", k.Alg))
+		panic(fmt.Sprintf("jwkscachetest: no signing method for %q", k.Alg))
 	}
 	tok := jwt.NewWithClaims(m, claims)
 	for name, v := range header {
@@ -150,7 +150,7 @@ func (k *Key) SignWith(claims jwt.Claims, header map[string]any) string {
 	}
 	s, err := tok.SignedString(k.Signer)
 	if err != nil {
-		panic(fmt.Sprintf("testidp: signing with %s key %q: %v", k.Alg, k.KID, err))
+		panic(fmt.Sprintf("jwkscachetest: signing with %s key %q: %v", k.Alg, k.KID, err))
 	}
 	return s
 }

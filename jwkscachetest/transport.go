@@ -1,4 +1,4 @@
-package testidp
+package jwkscachetest
 
 import (
 	"context"
@@ -107,12 +107,12 @@ func (p *IdP) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	ctx := r.Context()
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("testidp: %w", err)
+		return nil, fmt.Errorf("jwkscachetest: %w", err)
 	}
 	rep := p.respond(r)
 	if rep.delay > 0 {
 		if err := wait(ctx, rep.delay); err != nil {
-			return nil, fmt.Errorf("testidp: timeout awaiting response headers: %w", err)
+			return nil, fmt.Errorf("jwkscachetest: timeout awaiting response headers: %w", err)
 		}
 	}
 	switch rep.fail {

@@ -1,4 +1,4 @@
-package testidp
+package jwkscachetest
 
 import (
 	"bytes"

@@ -1,4 +1,4 @@
-package testidp
+package jwkscachetest
 
 import (
 	"bytes"
@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"slices"
 	"strings"
@@ -54,9 +55,18 @@ var modes = []mode{
 	},
 	{
 		name:   "tls",
-		start:  func(t *testing.T, p *IdP) string { return p.StartTLS(t).URL },
+		start:  func(t *testing.T, p *IdP) string { return startTLS(t, p).URL },
 		client: func(t *testing.T, p *IdP) *http.Client { return tlsClient(t, p, "") },
 	},
+}
+
+// startTLS serves p over HTTPS on loopback until the test ends.
+func startTLS(t testing.TB, p *IdP) *httptest.Server {
+	s := httptest.NewUnstartedServer(p)
+	s.TLS = &tls.Config{Certificates: []tls.Certificate{p.Certificate()}}
+	s.StartTLS()
+	t.Cleanup(s.Close)
+	return s
 }
 
 func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
@@ -675,7 +685,7 @@ func TestFaultCount(t *testing.T) {
 
 func TestDelayServer(t *testing.T) {
 	p, _ := NewDefault()
-	s := p.StartTLS(t)
+	s := startTLS(t, p)
 	p.SetFault(DefaultPath, Fault{Delay: time.Hour})
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
@@ -729,7 +739,7 @@ func TestDelaySynctest(t *testing.T) {
 
 func TestTLS(t *testing.T) {
 	p, _ := NewDefault()
-	s := p.StartTLS(t)
+	s := startTLS(t, p)
 	for _, name := range []string{"", "idp.test", "a.idp.test", "localhost"} {
 		resp, _ := mustGet(t, tlsClient(t, p, name), s.URL+DefaultPath)
 		if resp.TLS == nil || len(resp.TLS.PeerCertificates) == 0 {
@@ -769,7 +779,8 @@ func TestTLS(t *testing.T) {
 
 func TestStartPlain(t *testing.T) {
 	p, _ := NewDefault()
-	s := p.Start(t)
+	s := httptest.NewServer(p)
+	t.Cleanup(s.Close)
 	resp, body := mustGet(t, s.Client(), s.URL+DefaultPath)
 	if resp.StatusCode != 200 || len(parseJWKS(t, body).Keys) != 3 {
 		t.Errorf("status %d body %s", resp.StatusCode, body)

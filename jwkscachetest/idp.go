@@ -1,4 +1,4 @@
-// Package testidp provides a fake OpenID Connect / JWKS identity provider for
+// Package jwkscachetest provides a fake OpenID Connect / JWKS identity provider for
 // tests of the JWKS cache.
 //
 // An IdP serves, per URL path, a JWKS document built from Keys, raw fixture
@@ -14,9 +14,9 @@
 //     only on timers and the request context, so it works inside
 //     testing/synctest bubbles; the URL host is ignored, for example
 //     "https://idp.test/jwks.json";
-//   - as a real server on loopback (Start, StartTLS), using a certificate
-//     issued by a test CA (CertPool, CA, Leaf).
-package testidp
+//   - as an http.Handler behind a real server on loopback, using a
+//     certificate issued by a test CA (Certificate, CertPool, CA, Leaf).
+package jwkscachetest
 
 import (
 	"bytes"
@@ -130,7 +130,7 @@ func (rt *route) regenerate(keys []*Key) {
 	}
 	body, err := json.Marshal(set)
 	if err != nil {
-		panic("testidp: marshaling JWKS: " + err.Error())
+		panic("jwkscachetest: marshaling JWKS: " + err.Error())
 	}
 	rt.setBody(body, ContentTypeJWKS)
 }
@@ -198,7 +198,7 @@ func (p *IdP) SetBody(path string, body []byte, contentType string) {
 func (p *IdP) SetDiscovery(path, issuer, jwksURI string) {
 	body, err := json.Marshal(map[string]string{"issuer": issuer, "jwks_uri": jwksURI})
 	if err != nil {
-		panic("testidp: marshaling discovery document: " + err.Error())
+		panic("jwkscachetest: marshaling discovery document: " + err.Error())
 	}
 	p.SetBody(path, body, ContentTypeJSON)
 }

@@ -1,4 +1,4 @@
-package testidp
+package jwkscachetest
 
 import (
 	"crypto/ecdsa"
@@ -11,9 +11,7 @@ import (
 	"encoding/base64"
 	"math/big"
 	"net"
-	"net/http/httptest"
 	"sync"
-	"testing"
 	"time"
 )
 
@@ -40,7 +38,7 @@ func loadPKI() {
 	pki.once.Do(func() {
 		caKey, leafKey := mustECDSA(), mustECDSA()
 		ca := mustCert(&x509.Certificate{
-			Subject:               pkix.Name{CommonName: "testidp CA"},
+			Subject:               pkix.Name{CommonName: "jwkscachetest CA"},
 			KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 			BasicConstraintsValid: true,
 			IsCA:                  true,
@@ -61,7 +59,7 @@ func loadPKI() {
 func mustECDSA() *ecdsa.PrivateKey {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		panic("testidp: generating ECDSA key: " + err.Error())
+		panic("jwkscachetest: generating ECDSA key: " + err.Error())
 	}
 	return k
 }
@@ -72,20 +70,20 @@ func mustECDSA() *ecdsa.PrivateKey {
 func mustCert(tmpl, parent *x509.Certificate, signer, subject *ecdsa.PrivateKey) *x509.Certificate {
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
-		panic("testidp: serial number: " + err.Error())
+		panic("jwkscachetest: serial number: " + err.Error())
 	}
 	tmpl.SerialNumber, tmpl.NotBefore, tmpl.NotAfter = serial, certNotBefore, certNotAfter
-	tmpl.Subject.Organization = []string{"testidp"}
+	tmpl.Subject.Organization = []string{"jwkscachetest"}
 	if parent == nil {
 		parent = tmpl
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &subject.PublicKey, signer)
 	if err != nil {
-		panic("testidp: creating certificate: " + err.Error())
+		panic("jwkscachetest: creating certificate: " + err.Error())
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		panic("testidp: parsing certificate: " + err.Error())
+		panic("jwkscachetest: parsing certificate: " + err.Error())
 	}
 	return cert
 }
@@ -118,28 +116,6 @@ func (p *IdP) CertPool() *x509.CertPool {
 func (p *IdP) Certificate() tls.Certificate {
 	loadPKI()
 	return pki.cert
-}
-
-// Start starts a plain HTTP server on a loopback address serving the IdP.
-// The server is closed in t.Cleanup.
-func (p *IdP) Start(t testing.TB) *httptest.Server {
-	t.Helper()
-	s := httptest.NewServer(p)
-	t.Cleanup(s.Close)
-	return s
-}
-
-// StartTLS starts an HTTPS server on a loopback address serving the IdP
-// with the IdP's own certificate (see Leaf and CertPool). The server speaks
-// HTTP/1.1 only, so that the Reset and Refuse faults can hijack connections.
-// The server is closed in t.Cleanup.
-func (p *IdP) StartTLS(t testing.TB) *httptest.Server {
-	t.Helper()
-	s := httptest.NewUnstartedServer(p)
-	s.TLS = &tls.Config{Certificates: []tls.Certificate{p.Certificate()}}
-	s.StartTLS()
-	t.Cleanup(s.Close)
-	return s
 }
 
 // SPKIPin returns the standard, padded base64 encoding of the SHA-256 digest
