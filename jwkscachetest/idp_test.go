@@ -1,4 +1,4 @@
-package jwkscachetest
+package jwkscachetest_test
 
 import (
 	"bytes"
@@ -24,7 +24,12 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	jwt "github.com/golang-jwt/jwt/v5"
+
+	"github.com/jwkscache/jwkscache/jwkscachetest"
 )
+
+// rsaPoolSize is the documented number of distinct RSA keys NewKey hands out.
+const rsaPoolSize = 4
 
 var allAlgs = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 
@@ -32,22 +37,22 @@ var allAlgs = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES
 type mode struct {
 	name string
 	// start returns the base URL at which p can be reached.
-	start func(t *testing.T, p *IdP) string
+	start func(t *testing.T, p *jwkscachetest.IdP) string
 	// client returns a new client, with its own connections, that does not
 	// follow redirects.
-	client func(t *testing.T, p *IdP) *http.Client
+	client func(t *testing.T, p *jwkscachetest.IdP) *http.Client
 }
 
 // setup starts p and returns a client and the base URL.
-func (m mode) setup(t *testing.T, p *IdP) (*http.Client, string) {
+func (m mode) setup(t *testing.T, p *jwkscachetest.IdP) (*http.Client, string) {
 	return m.client(t, p), m.start(t, p)
 }
 
 var modes = []mode{
 	{
 		name:  "roundtrip",
-		start: func(*testing.T, *IdP) string { return "https://idp.test" },
-		client: func(_ *testing.T, p *IdP) *http.Client {
+		start: func(*testing.T, *jwkscachetest.IdP) string { return "https://idp.test" },
+		client: func(_ *testing.T, p *jwkscachetest.IdP) *http.Client {
 			c := p.Client()
 			c.CheckRedirect = noRedirect
 			return c
@@ -55,25 +60,46 @@ var modes = []mode{
 	},
 	{
 		name:   "tls",
-		start:  func(t *testing.T, p *IdP) string { return startTLS(t, p).URL },
-		client: func(t *testing.T, p *IdP) *http.Client { return tlsClient(t, p, "") },
+		start:  func(t *testing.T, p *jwkscachetest.IdP) string { return start(t, p, true) },
+		client: func(t *testing.T, p *jwkscachetest.IdP) *http.Client { return tlsClient(t, p, "") },
 	},
 }
 
-// startTLS serves p over HTTPS on loopback until the test ends.
-func startTLS(t testing.TB, p *IdP) *httptest.Server {
-	s := httptest.NewUnstartedServer(p)
-	s.TLS = &tls.Config{Certificates: []tls.Certificate{p.Certificate()}}
-	s.StartTLS()
-	t.Cleanup(s.Close)
-	return s
+// newDefault returns an IdP serving at JWKSPath an RS256 key "rsa-1", an
+// ES256 key "ec-1" and an EdDSA key "ed-1" with "Cache-Control:
+// max-age=300", and those keys.
+func newDefault() (*jwkscachetest.IdP, []*jwkscachetest.Key) {
+	p := jwkscachetest.NewEmpty()
+	keys := []*jwkscachetest.Key{
+		jwkscachetest.NewKey("RS256", "rsa-1"),
+		jwkscachetest.NewKey("ES256", "ec-1"),
+		jwkscachetest.NewKey("EdDSA", "ed-1"),
+	}
+	p.JWKS().Set(keys...)
+	p.SetMaxAge(jwkscachetest.JWKSPath, 300*time.Second)
+	return p, keys
+}
+
+// start starts p over TLS (or plain HTTP) until the test ends and returns
+// its URL.
+func start(t testing.TB, p *jwkscachetest.IdP, useTLS bool) string {
+	t.Helper()
+	startFn := p.Start
+	if !useTLS {
+		startFn = p.StartHTTP
+	}
+	if err := startFn(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p.URL()
 }
 
 func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 // tlsClient returns a client with a fresh transport trusting only the IdP's
 // CA, with transparent decompression off.
-func tlsClient(t *testing.T, p *IdP, serverName string) *http.Client {
+func tlsClient(t *testing.T, p *jwkscachetest.IdP, serverName string) *http.Client {
 	tr := &http.Transport{
 		TLSClientConfig:    &tls.Config{RootCAs: p.CertPool(), ServerName: serverName},
 		DisableCompression: true,
@@ -138,10 +164,10 @@ func verify(t *testing.T, tok string, alg string, key any) *jwt.Token {
 }
 
 func TestKeysSignAndVerify(t *testing.T) {
-	p := New()
+	p := jwkscachetest.NewEmpty()
 	for _, alg := range allAlgs {
 		t.Run(alg, func(t *testing.T) {
-			k := NewKey(alg, "kid-"+alg)
+			k := jwkscachetest.NewKey(alg, "kid-"+alg)
 			if k.Public.KeyID != k.KID || k.Public.Algorithm != alg || k.Public.Use != "sig" || !k.Public.IsPublic() {
 				t.Fatalf("bad public JWK: %+v", k.Public)
 			}
@@ -161,7 +187,7 @@ func TestKeysSignAndVerify(t *testing.T) {
 
 			// The published JWK, parsed back from the wire, verifies too.
 			path := "/" + alg
-			p.SetKeys(path, k)
+			p.KeySet(path).Set(k)
 			_, body := mustGet(t, p.Client(), "https://idp.test"+path)
 			set := parseJWKS(t, body)
 			got := set.Key(k.KID)
@@ -174,7 +200,7 @@ func TestKeysSignAndVerify(t *testing.T) {
 }
 
 func TestSignWithHeader(t *testing.T) {
-	k := NewKey("ES256", "e")
+	k := jwkscachetest.NewKey("ES256", "e")
 	tok := k.SignWith(jwt.MapClaims{}, map[string]any{"typ": nil, "x": "y"})
 	parsed := verify(t, tok, "ES256", k.Public.Key)
 	if _, ok := parsed.Header["typ"]; ok || parsed.Header["x"] != "y" {
@@ -188,14 +214,14 @@ func TestNewKeyUnknownAlgPanics(t *testing.T) {
 			t.Error("NewKey did not panic")
 		}
 	}()
-	NewKey("HS256", "x")
+	jwkscachetest.NewKey("HS256", "x")
 }
 
 func TestRSAPool(t *testing.T) {
 	seen := map[string]bool{}
 	moduli := map[string]bool{}
 	for i := range rsaPoolSize + 2 {
-		k := NewKey("RS256", "r"+string(rune('a'+i)))
+		k := jwkscachetest.NewKey("RS256", "r"+string(rune('a'+i)))
 		if seen[k.KID] {
 			t.Fatalf("duplicate kid %q", k.KID)
 		}
@@ -205,13 +231,13 @@ func TestRSAPool(t *testing.T) {
 	if len(moduli) > rsaPoolSize {
 		t.Errorf("%d distinct RSA keys, pool size %d", len(moduli), rsaPoolSize)
 	}
-	u := NewUniqueKey("RS256", "u")
+	u := jwkscachetest.NewUniqueKey("RS256", "u")
 	if moduli[u.Signer.(*rsa.PrivateKey).N.String()] {
 		t.Error("NewUniqueKey reused pooled key material")
 	}
 	// A token from one key does not verify under a different key.
 	if _, err := jwt.Parse(u.Sign(jwt.MapClaims{}), func(*jwt.Token) (any, error) {
-		return NewKey("RS256", "other").Public.Key, nil
+		return jwkscachetest.NewKey("RS256", "other").Public.Key, nil
 	}); err == nil {
 		t.Error("token verified under another key")
 	}
@@ -220,13 +246,13 @@ func TestRSAPool(t *testing.T) {
 func TestServeDefault(t *testing.T) {
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
-			p, keys := NewDefault()
+			p, keys := newDefault()
 			c, base := m.setup(t, p)
-			resp, body := mustGet(t, c, base+DefaultPath)
+			resp, body := mustGet(t, c, base+jwkscachetest.JWKSPath)
 			if resp.StatusCode != http.StatusOK {
 				t.Fatalf("status = %d", resp.StatusCode)
 			}
-			if ct := resp.Header.Get("Content-Type"); ct != ContentTypeJWKS {
+			if ct := resp.Header.Get("Content-Type"); ct != jwkscachetest.ContentTypeJWKS {
 				t.Errorf("Content-Type = %q", ct)
 			}
 			if cc := resp.Header.Get("Cache-Control"); cc != "max-age=300" {
@@ -244,12 +270,12 @@ func TestServeDefault(t *testing.T) {
 			if len(keys) != 3 || keys[0].Alg != "RS256" || keys[1].Alg != "ES256" || keys[2].Alg != "EdDSA" {
 				t.Errorf("keys = %+v", keys)
 			}
-			if et := resp.Header.Get("ETag"); !regexp.MustCompile(`^"[0-9a-f]{32}"$`).MatchString(et) || et != p.ETag(DefaultPath) {
-				t.Errorf("ETag = %q, ETag() = %q", et, p.ETag(DefaultPath))
+			if et := resp.Header.Get("ETag"); !regexp.MustCompile(`^"[0-9a-f]{32}"$`).MatchString(et) || et != p.ETag(jwkscachetest.JWKSPath) {
+				t.Errorf("ETag = %q, ETag() = %q", et, p.ETag(jwkscachetest.JWKSPath))
 			}
 
 			// HEAD: same headers, no body.
-			resp, body, err := do(t, c, http.MethodHead, base+DefaultPath)
+			resp, body, err := do(t, c, http.MethodHead, base+jwkscachetest.JWKSPath)
 			if err != nil || resp.StatusCode != http.StatusOK || len(body) != 0 || resp.ContentLength <= 0 {
 				t.Errorf("HEAD: err %v, resp %+v, body %q", err, resp, body)
 			}
@@ -258,11 +284,11 @@ func TestServeDefault(t *testing.T) {
 			if resp, _ := mustGet(t, c, base+"/nope"); resp.StatusCode != http.StatusNotFound {
 				t.Errorf("unknown path: %d", resp.StatusCode)
 			}
-			resp, _, err = do(t, c, http.MethodPost, base+DefaultPath)
+			resp, _, err = do(t, c, http.MethodPost, base+jwkscachetest.JWKSPath)
 			if err != nil || resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET, HEAD" {
 				t.Errorf("POST: err %v, resp %+v", err, resp)
 			}
-			if n := p.Requests(DefaultPath); n != 3 {
+			if n := p.Requests(jwkscachetest.JWKSPath); n != 3 {
 				t.Errorf("Requests = %d, want 3", n)
 			}
 		})
@@ -270,7 +296,7 @@ func TestServeDefault(t *testing.T) {
 }
 
 func TestEmptyIdP(t *testing.T) {
-	p := New()
+	p := jwkscachetest.NewEmpty()
 	resp, _ := mustGet(t, p.Client(), "https://idp.test/jwks.json")
 	if resp.StatusCode != http.StatusNotFound {
 		t.Errorf("status = %d", resp.StatusCode)
@@ -279,7 +305,7 @@ func TestEmptyIdP(t *testing.T) {
 	if resp, _ := mustGet(t, p.Client(), "http://x/jwks.json"); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("status = %d", resp.StatusCode)
 	}
-	p.SetKeys("/jwks.json")
+	p.KeySet("/jwks.json").Set()
 	resp, body := mustGet(t, p.Client(), "http://x/jwks.json")
 	if resp.StatusCode != http.StatusOK || string(body) != `{"keys":[]}` {
 		t.Errorf("status %d body %q", resp.StatusCode, body)
@@ -289,9 +315,9 @@ func TestEmptyIdP(t *testing.T) {
 func TestETag(t *testing.T) {
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
-			p, _ := NewDefault()
+			p, _ := newDefault()
 			c, base := m.setup(t, p)
-			url := base + DefaultPath
+			url := base + jwkscachetest.JWKSPath
 			resp, _ := mustGet(t, c, url)
 			etag := resp.Header.Get("ETag")
 			for _, inm := range []string{etag, `"x", ` + etag, "*", "W/" + etag, `"a"` + "," + etag + `,"b"`} {
@@ -308,15 +334,15 @@ func TestETag(t *testing.T) {
 			}
 
 			// The ETag follows the body.
-			p.Rotate(DefaultPath, "ES256")
+			p.JWKS().Rotate("ES256")
 			resp, _ = mustGet(t, c, url, "If-None-Match", etag)
 			if resp.StatusCode != http.StatusOK || resp.Header.Get("ETag") == etag {
 				t.Errorf("after rotation: status %d ETag %q (old %q)", resp.StatusCode, resp.Header.Get("ETag"), etag)
 			}
 
-			p.SetETag(DefaultPath, false)
-			resp, _ = mustGet(t, c, url, "If-None-Match", p.ETag(DefaultPath))
-			if resp.StatusCode != http.StatusOK || resp.Header.Get("ETag") != "" || p.ETag(DefaultPath) != "" {
+			p.SetETag(jwkscachetest.JWKSPath, false)
+			resp, _ = mustGet(t, c, url, "If-None-Match", p.ETag(jwkscachetest.JWKSPath))
+			if resp.StatusCode != http.StatusOK || resp.Header.Get("ETag") != "" || p.ETag(jwkscachetest.JWKSPath) != "" {
 				t.Errorf("ETag off: status %d ETag %q", resp.StatusCode, resp.Header.Get("ETag"))
 			}
 		})
@@ -325,14 +351,14 @@ func TestETag(t *testing.T) {
 
 func TestLastModified(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		p, _ := NewDefault()
+		p, _ := newDefault()
 		c := p.Client()
-		url := "https://idp.test" + DefaultPath
+		url := "https://idp.test" + jwkscachetest.JWKSPath
 		if resp, _ := mustGet(t, c, url); resp.Header.Get("Last-Modified") != "" {
 			t.Fatalf("Last-Modified sent by default: %v", resp.Header)
 		}
 		t0 := time.Now().Add(-time.Hour)
-		p.SetLastModified(DefaultPath, t0)
+		p.SetLastModified(jwkscachetest.JWKSPath, t0)
 		resp, _ := mustGet(t, c, url)
 		lm := resp.Header.Get("Last-Modified")
 		if lm != t0.UTC().Format(http.TimeFormat) {
@@ -357,18 +383,18 @@ func TestLastModified(t *testing.T) {
 
 		// A body change moves Last-Modified to now; an identical body does not.
 		<-time.After(90 * time.Second)
-		p.SetKeys(DefaultPath, p.Keys(DefaultPath)...)
+		p.JWKS().Set(p.JWKS().Keys()...)
 		if resp, _ := mustGet(t, c, url); resp.Header.Get("Last-Modified") != lm {
 			t.Errorf("Last-Modified changed without a body change: %q", resp.Header.Get("Last-Modified"))
 		}
-		p.Rotate(DefaultPath, "EdDSA")
+		p.JWKS().Rotate("EdDSA")
 		resp, _ = mustGet(t, c, url, "If-Modified-Since", lm)
 		want := time.Now().UTC().Truncate(time.Second).Format(http.TimeFormat)
 		if resp.StatusCode != http.StatusOK || resp.Header.Get("Last-Modified") != want {
 			t.Errorf("after rotation: status %d Last-Modified %q, want %q", resp.StatusCode, resp.Header.Get("Last-Modified"), want)
 		}
 
-		p.SetLastModified(DefaultPath, time.Time{})
+		p.SetLastModified(jwkscachetest.JWKSPath, time.Time{})
 		if resp, _ := mustGet(t, c, url, "If-Modified-Since", want); resp.StatusCode != http.StatusOK || resp.Header.Get("Last-Modified") != "" {
 			t.Errorf("Last-Modified off: status %d headers %v", resp.StatusCode, resp.Header)
 		}
@@ -376,14 +402,14 @@ func TestLastModified(t *testing.T) {
 }
 
 func TestHeaders(t *testing.T) {
-	p, _ := NewDefault()
+	p, _ := newDefault()
 	c := p.Client()
-	url := "https://idp.test" + DefaultPath
+	url := "https://idp.test" + jwkscachetest.JWKSPath
 	date := "Sat, 01 Jan 2000 00:00:00 GMT"
-	p.SetHeader(DefaultPath, "Expires", "Sun, 02 Jan 2000 00:00:00 GMT")
-	p.SetHeader(DefaultPath, "Age", "10")
-	p.SetHeader(DefaultPath, "Date", date)
-	p.DelHeader(DefaultPath, "Cache-Control")
+	p.SetHeader(jwkscachetest.JWKSPath, "Expires", "Sun, 02 Jan 2000 00:00:00 GMT")
+	p.SetHeader(jwkscachetest.JWKSPath, "Age", "10")
+	p.SetHeader(jwkscachetest.JWKSPath, "Date", date)
+	p.DelHeader(jwkscachetest.JWKSPath, "Cache-Control")
 	resp, _ := mustGet(t, c, url)
 	if resp.Header.Get("Age") != "10" || resp.Header.Get("Date") != date || resp.Header.Get("Expires") == "" || resp.Header.Get("Cache-Control") != "" {
 		t.Errorf("200 headers = %v", resp.Header)
@@ -395,26 +421,26 @@ func TestHeaders(t *testing.T) {
 }
 
 func TestContentManagement(t *testing.T) {
-	p := New()
+	p := jwkscachetest.NewEmpty()
 	c := p.Client()
 	get := func(path string) (*http.Response, []byte) { return mustGet(t, c, "https://idp.test"+path) }
 
-	a, b := NewKey("ES256", "a"), NewKey("EdDSA", "b")
-	p.SetKeys("/t2/keys", a)
-	p.AddKey("/t2/keys", b)
+	a, b := jwkscachetest.NewKey("ES256", "a"), jwkscachetest.NewKey("EdDSA", "b")
+	p.KeySet("/t2/keys").Set(a)
+	p.KeySet("/t2/keys").Add(b)
 	if _, body := get("/t2/keys"); !slices.Equal(kids(parseJWKS(t, body)), []string{"a", "b"}) {
 		t.Errorf("after AddKey: %s", body)
 	}
-	p.RemoveKey("/t2/keys", "a")
+	p.KeySet("/t2/keys").Remove("a")
 	if _, body := get("/t2/keys"); !slices.Equal(kids(parseJWKS(t, body)), []string{"b"}) {
 		t.Errorf("after RemoveKey: %s", body)
 	}
 
 	p.SetBody("/fixture", []byte(`{"keys":"nope"}`), "")
-	if resp, body := get("/fixture"); string(body) != `{"keys":"nope"}` || resp.Header.Get("Content-Type") != ContentTypeJSON {
+	if resp, body := get("/fixture"); string(body) != `{"keys":"nope"}` || resp.Header.Get("Content-Type") != jwkscachetest.ContentTypeJSON {
 		t.Errorf("SetBody: %q %v", body, resp.Header)
 	}
-	if p.Keys("/fixture") != nil {
+	if p.KeySet("/fixture").Keys() != nil {
 		t.Error("Keys of a raw body path should be nil")
 	}
 	p.SetBody("/fixture", []byte("x"), "text/plain")
@@ -429,20 +455,20 @@ func TestContentManagement(t *testing.T) {
 		JWKSURI string `json:"jwks_uri"`
 	}
 	if err := json.Unmarshal(body, &doc); err != nil || doc.Issuer != "https://idp.test" || doc.JWKSURI != "https://idp.test/t2/keys" ||
-		resp.Header.Get("Content-Type") != ContentTypeJSON {
+		resp.Header.Get("Content-Type") != jwkscachetest.ContentTypeJSON {
 		t.Errorf("discovery: %v %s %v", err, body, resp.Header)
 	}
 }
 
 func TestRotate(t *testing.T) {
-	p := New()
+	p := jwkscachetest.NewEmpty()
 	var got [][]string
 	for range 3 {
-		p.Rotate("/r", "ES256")
+		p.KeySet("/r").Rotate("ES256")
 		_, body := mustGet(t, p.Client(), "https://idp.test/r")
 		got = append(got, kids(parseJWKS(t, body)))
 	}
-	k4 := p.Rotate("/r", "EdDSA")
+	k4 := p.KeySet("/r").Rotate("EdDSA")
 	if k4.KID != "k4" || k4.Alg != "EdDSA" {
 		t.Errorf("Rotate returned %q %q", k4.KID, k4.Alg)
 	}
@@ -450,20 +476,20 @@ func TestRotate(t *testing.T) {
 	if !slices.EqualFunc(got, want, slices.Equal) {
 		t.Errorf("rotations = %v, want %v", got, want)
 	}
-	keys := p.Keys("/r")
+	keys := p.KeySet("/r").Keys()
 	if len(keys) != 2 || keys[0].KID != "k3" || keys[1] != k4 {
 		t.Errorf("Keys = %v", keys)
 	}
 	// The counter is per IdP.
-	if k := New().Rotate("/r", "ES256"); k.KID != "k1" {
+	if k := jwkscachetest.NewEmpty().KeySet("/r").Rotate("ES256"); k.KID != "k1" {
 		t.Errorf("new IdP rotated to %q", k.KID)
 	}
 }
 
 func TestRedirect(t *testing.T) {
-	p, _ := NewDefault()
+	p, _ := newDefault()
 	p.SetRedirect("/a", "/b")
-	p.SetRedirect("/b", "https://elsewhere.test"+DefaultPath)
+	p.SetRedirect("/b", "https://elsewhere.test"+jwkscachetest.JWKSPath)
 	resp, body := mustGet(t, p.Client(), "https://idp.test/a")
 	if resp.StatusCode != http.StatusOK || len(parseJWKS(t, body).Keys) != 3 {
 		t.Errorf("redirect chain: %d %s", resp.StatusCode, body)
@@ -471,7 +497,7 @@ func TestRedirect(t *testing.T) {
 	if resp.Request.URL.String() != "https://elsewhere.test/jwks.json" {
 		t.Errorf("final URL %s", resp.Request.URL)
 	}
-	for _, path := range []string{"/a", "/b", DefaultPath} {
+	for _, path := range []string{"/a", "/b", jwkscachetest.JWKSPath} {
 		if n := p.Requests(path); n != 1 {
 			t.Errorf("Requests(%s) = %d", path, n)
 		}
@@ -483,27 +509,27 @@ func TestRedirect(t *testing.T) {
 }
 
 func TestCounters(t *testing.T) {
-	p, _ := NewDefault()
+	p, _ := newDefault()
 	c := p.Client()
-	if p.LastRequest(DefaultPath) != nil {
+	if p.LastRequest(jwkscachetest.JWKSPath) != nil {
 		t.Error("LastRequest before any request")
 	}
-	mustGet(t, c, "https://idp.test"+DefaultPath, "X-Test", "1")
-	mustGet(t, c, "https://idp.test"+DefaultPath, "X-Test", "2")
+	mustGet(t, c, "https://idp.test"+jwkscachetest.JWKSPath, "X-Test", "1")
+	mustGet(t, c, "https://idp.test"+jwkscachetest.JWKSPath, "X-Test", "2")
 	mustGet(t, c, "https://idp.test/missing")
-	if p.Requests(DefaultPath) != 2 || p.Requests("/missing") != 1 || p.TotalRequests() != 3 {
-		t.Errorf("counts %d %d %d", p.Requests(DefaultPath), p.Requests("/missing"), p.TotalRequests())
+	if p.Requests(jwkscachetest.JWKSPath) != 2 || p.Requests("/missing") != 1 || p.TotalRequests() != 3 {
+		t.Errorf("counts %d %d %d", p.Requests(jwkscachetest.JWKSPath), p.Requests("/missing"), p.TotalRequests())
 	}
-	h := p.LastRequest(DefaultPath)
+	h := p.LastRequest(jwkscachetest.JWKSPath)
 	if h.Get("X-Test") != "2" {
 		t.Errorf("LastRequest = %v", h)
 	}
 	h.Set("X-Test", "mutated")
-	if p.LastRequest(DefaultPath).Get("X-Test") != "2" {
+	if p.LastRequest(jwkscachetest.JWKSPath).Get("X-Test") != "2" {
 		t.Error("LastRequest is not a copy")
 	}
 	p.ResetCounters()
-	if p.Requests(DefaultPath) != 0 || p.TotalRequests() != 0 || p.LastRequest(DefaultPath) != nil {
+	if p.Requests(jwkscachetest.JWKSPath) != 0 || p.TotalRequests() != 0 || p.LastRequest(jwkscachetest.JWKSPath) != nil {
 		t.Error("ResetCounters did not reset")
 	}
 }
@@ -536,21 +562,21 @@ func TestFaults(t *testing.T) {
 	}
 	cases := []struct {
 		name  string
-		fault Fault
+		fault jwkscachetest.Fault
 		hdr   []string
 		check func(t *testing.T, mode string, r result)
 	}{
-		{"status", Fault{Status: 503, RetryAfter: "7"}, nil, func(t *testing.T, _ string, r result) {
+		{"status", jwkscachetest.Fault{Status: 503, RetryAfter: "7"}, nil, func(t *testing.T, _ string, r result) {
 			if r.err != nil || r.resp.StatusCode != 503 || r.resp.Header.Get("Retry-After") != "7" || string(r.body) != "error" {
 				t.Errorf("err %v resp %+v body %q", r.err, r.resp, r.body)
 			}
 		}},
-		{"html", Fault{HTML: true}, nil, func(t *testing.T, _ string, r result) {
-			if r.err != nil || r.resp.StatusCode != 200 || !strings.HasPrefix(r.resp.Header.Get("Content-Type"), "text/html") || string(r.body) != HTMLBody {
+		{"html", jwkscachetest.Fault{HTML: true}, nil, func(t *testing.T, _ string, r result) {
+			if r.err != nil || r.resp.StatusCode != 200 || !strings.HasPrefix(r.resp.Header.Get("Content-Type"), "text/html") || string(r.body) != jwkscachetest.HTMLBody {
 				t.Errorf("err %v resp %+v body %q", r.err, r.resp, r.body)
 			}
 		}},
-		{"truncated", Fault{Truncated: true}, nil, func(t *testing.T, _ string, r result) {
+		{"truncated", jwkscachetest.Fault{Truncated: true}, nil, func(t *testing.T, _ string, r result) {
 			want := r.full[:len(r.full)/2]
 			if r.err != nil || r.resp.StatusCode != 200 || !bytes.Equal(r.body, want) || r.resp.ContentLength != int64(len(want)) {
 				t.Errorf("err %v resp %+v body %q", r.err, r.resp, r.body)
@@ -559,12 +585,12 @@ func TestFaults(t *testing.T) {
 				t.Error("truncated body is valid JSON")
 			}
 		}},
-		{"truncated-chunked", Fault{Truncated: true, HideLength: true}, nil, func(t *testing.T, _ string, r result) {
+		{"truncated-chunked", jwkscachetest.Fault{Truncated: true, HideLength: true}, nil, func(t *testing.T, _ string, r result) {
 			if r.err != nil || !bytes.Equal(r.body, r.full[:len(r.full)/2]) || r.resp.ContentLength != -1 {
 				t.Errorf("err %v resp %+v body %q", r.err, r.resp, r.body)
 			}
 		}},
-		{"oversize", Fault{Oversize: over}, nil, func(t *testing.T, _ string, r result) {
+		{"oversize", jwkscachetest.Fault{Oversize: over}, nil, func(t *testing.T, _ string, r result) {
 			if r.err != nil || r.resp.StatusCode != 200 || len(r.body) != over || r.resp.ContentLength != over {
 				t.Fatalf("err %v resp %+v len %d", r.err, r.resp, len(r.body))
 			}
@@ -572,12 +598,12 @@ func TestFaults(t *testing.T) {
 				t.Errorf("oversize body is not JSON-looking: %.40q...", r.body)
 			}
 		}},
-		{"oversize-chunked", Fault{Oversize: over, HideLength: true}, nil, func(t *testing.T, _ string, r result) {
+		{"oversize-chunked", jwkscachetest.Fault{Oversize: over, HideLength: true}, nil, func(t *testing.T, _ string, r result) {
 			if r.err != nil || len(r.body) != over || r.resp.ContentLength != -1 {
 				t.Errorf("err %v resp %+v len %d", r.err, r.resp, len(r.body))
 			}
 		}},
-		{"gzipbomb", Fault{GzipBomb: bomb}, []string{"Accept-Encoding", "gzip"}, func(t *testing.T, _ string, r result) {
+		{"gzipbomb", jwkscachetest.Fault{GzipBomb: bomb}, []string{"Accept-Encoding", "gzip"}, func(t *testing.T, _ string, r result) {
 			if r.err != nil || r.resp.StatusCode != 200 || r.resp.Header.Get("Content-Encoding") != "gzip" {
 				t.Fatalf("err %v resp %+v", r.err, r.resp)
 			}
@@ -588,12 +614,12 @@ func TestFaults(t *testing.T) {
 				t.Errorf("decompressed to %d bytes starting with %q, want %d", n, first, bomb)
 			}
 		}},
-		{"redirect", Fault{RedirectTo: "https://login.test/"}, nil, func(t *testing.T, _ string, r result) {
+		{"redirect", jwkscachetest.Fault{RedirectTo: "https://login.test/"}, nil, func(t *testing.T, _ string, r result) {
 			if r.err != nil || r.resp.StatusCode != http.StatusFound || r.resp.Header.Get("Location") != "https://login.test/" {
 				t.Errorf("err %v resp %+v", r.err, r.resp)
 			}
 		}},
-		{"reset", Fault{Reset: true}, nil, func(t *testing.T, mode string, r result) {
+		{"reset", jwkscachetest.Fault{Reset: true}, nil, func(t *testing.T, mode string, r result) {
 			if r.err == nil {
 				t.Fatalf("no error, status %d", r.resp.StatusCode)
 			}
@@ -603,7 +629,7 @@ func TestFaults(t *testing.T) {
 				t.Errorf("err = %v", r.err)
 			}
 		}},
-		{"refuse", Fault{Refuse: true}, nil, func(t *testing.T, mode string, r result) {
+		{"refuse", jwkscachetest.Fault{Refuse: true}, nil, func(t *testing.T, mode string, r result) {
 			if r.err == nil {
 				t.Fatalf("no error, status %d", r.resp.StatusCode)
 			}
@@ -613,12 +639,12 @@ func TestFaults(t *testing.T) {
 				t.Errorf("err = %v", r.err)
 			}
 		}},
-		{"short-delay", Fault{Delay: 10 * time.Millisecond}, nil, func(t *testing.T, _ string, r result) {
+		{"short-delay", jwkscachetest.Fault{Delay: 10 * time.Millisecond}, nil, func(t *testing.T, _ string, r result) {
 			if r.err != nil || r.resp.StatusCode != 200 || !bytes.Equal(r.body, r.full) {
 				t.Errorf("err %v resp %+v", r.err, r.resp)
 			}
 		}},
-		{"delay-then-status", Fault{Delay: time.Millisecond, Status: 429}, nil, func(t *testing.T, _ string, r result) {
+		{"delay-then-status", jwkscachetest.Fault{Delay: time.Millisecond, Status: 429}, nil, func(t *testing.T, _ string, r result) {
 			if r.err != nil || r.resp.StatusCode != 429 {
 				t.Errorf("err %v resp %+v", r.err, r.resp)
 			}
@@ -628,13 +654,13 @@ func TestFaults(t *testing.T) {
 		t.Run(m.name, func(t *testing.T) {
 			for _, tc := range cases {
 				t.Run(tc.name, func(t *testing.T) {
-					p, _ := NewDefault()
+					p, _ := newDefault()
 					c, base := m.setup(t, p)
-					url := base + DefaultPath
-					_, full := mustGet(t, c, base+DefaultPath)
+					url := base + jwkscachetest.JWKSPath
+					_, full := mustGet(t, c, base+jwkscachetest.JWKSPath)
 					c = m.client(t, p) // fresh connections: see Fault.Reset
 					tc.fault.Count = 1
-					p.SetFault(DefaultPath, tc.fault)
+					p.SetFault(jwkscachetest.JWKSPath, tc.fault)
 					resp, body, err := do(t, c, http.MethodGet, url, tc.hdr...)
 					tc.check(t, m.name, result{resp, body, err, full})
 
@@ -644,7 +670,7 @@ func TestFaults(t *testing.T) {
 					if resp.StatusCode != 200 || !bytes.Equal(body, full) {
 						t.Errorf("after fault: status %d body %.60q", resp.StatusCode, body)
 					}
-					if n := p.Requests(DefaultPath); n != 3 {
+					if n := p.Requests(jwkscachetest.JWKSPath); n != 3 {
 						t.Errorf("Requests = %d, want 3", n)
 					}
 				})
@@ -654,9 +680,9 @@ func TestFaults(t *testing.T) {
 }
 
 func TestFaultCount(t *testing.T) {
-	p, _ := NewDefault()
+	p, _ := newDefault()
 	c := p.Client()
-	url := "https://idp.test" + DefaultPath
+	url := "https://idp.test" + jwkscachetest.JWKSPath
 	statuses := func(n int) []int {
 		var out []int
 		for range n {
@@ -665,49 +691,49 @@ func TestFaultCount(t *testing.T) {
 		}
 		return out
 	}
-	p.SetFault(DefaultPath, Fault{Status: 500, Count: 2})
+	p.SetFault(jwkscachetest.JWKSPath, jwkscachetest.Fault{Status: 500, Count: 2})
 	if got := statuses(4); !slices.Equal(got, []int{500, 500, 200, 200}) {
 		t.Errorf("Count 2: %v", got)
 	}
-	p.SetFault(DefaultPath, Fault{Status: 404})
+	p.SetFault(jwkscachetest.JWKSPath, jwkscachetest.Fault{Status: 404})
 	if got := statuses(5); !slices.Equal(got, []int{404, 404, 404, 404, 404}) {
 		t.Errorf("Count 0: %v", got)
 	}
-	p.ClearFault(DefaultPath)
+	p.ClearFault(jwkscachetest.JWKSPath)
 	if got := statuses(1); got[0] != 200 {
 		t.Errorf("after ClearFault: %v", got)
 	}
 	p.ClearFault("/never-configured") // no panic
-	if n := p.Requests(DefaultPath); n != 10 {
+	if n := p.Requests(jwkscachetest.JWKSPath); n != 10 {
 		t.Errorf("Requests = %d", n)
 	}
 }
 
 func TestDelayServer(t *testing.T) {
-	p, _ := NewDefault()
-	s := startTLS(t, p)
-	p.SetFault(DefaultPath, Fault{Delay: time.Hour})
+	p, _ := newDefault()
+	base := start(t, p, true)
+	p.SetFault(jwkscachetest.JWKSPath, jwkscachetest.Fault{Delay: time.Hour})
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.URL+DefaultPath, nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+jwkscachetest.JWKSPath, nil)
 	_, err := tlsClient(t, p, "").Do(req)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("err = %v", err)
 	}
 	// The context ended the request (an hour's delay would hit the test
-	// timeout otherwise). The handler returns once the client is gone, so s.Close in Cleanup
-	// does not hang.
+	// timeout otherwise). The handler returns once the client is gone, so
+	// Close in Cleanup does not hang.
 }
 
 func TestDelaySynctest(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		p, _ := NewDefault()
+		p, _ := newDefault()
 		c := p.Client()
-		p.SetFault(DefaultPath, Fault{Delay: time.Hour, Count: 1})
+		p.SetFault(jwkscachetest.JWKSPath, jwkscachetest.Fault{Delay: time.Hour, Count: 1})
 
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 		defer cancel()
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://idp.test"+DefaultPath, nil)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://idp.test"+jwkscachetest.JWKSPath, nil)
 		start := time.Now()
 		_, err := c.Do(req)
 		if !errors.Is(err, context.DeadlineExceeded) {
@@ -717,9 +743,9 @@ func TestDelaySynctest(t *testing.T) {
 			t.Errorf("fake time elapsed = %v, want 1s", d)
 		}
 
-		p.SetFault(DefaultPath, Fault{Delay: 5 * time.Second, Count: 1})
+		p.SetFault(jwkscachetest.JWKSPath, jwkscachetest.Fault{Delay: 5 * time.Second, Count: 1})
 		start = time.Now()
-		resp, body := mustGet(t, c, "https://idp.test"+DefaultPath)
+		resp, body := mustGet(t, c, "https://idp.test"+jwkscachetest.JWKSPath)
 		if d := time.Since(start); d != 5*time.Second || resp.StatusCode != 200 || len(parseJWKS(t, body).Keys) != 3 {
 			t.Errorf("elapsed %v status %d", d, resp.StatusCode)
 		}
@@ -730,7 +756,7 @@ func TestDelaySynctest(t *testing.T) {
 		// An already-cancelled context fails without counting.
 		cctx, ccancel := context.WithCancel(t.Context())
 		ccancel()
-		req, _ = http.NewRequestWithContext(cctx, http.MethodGet, "https://idp.test"+DefaultPath, nil)
+		req, _ = http.NewRequestWithContext(cctx, http.MethodGet, "https://idp.test"+jwkscachetest.JWKSPath, nil)
 		if _, err := c.Do(req); !errors.Is(err, context.Canceled) {
 			t.Errorf("cancelled: err = %v", err)
 		}
@@ -738,19 +764,22 @@ func TestDelaySynctest(t *testing.T) {
 }
 
 func TestTLS(t *testing.T) {
-	p, _ := NewDefault()
-	s := startTLS(t, p)
+	p, _ := newDefault()
+	base := start(t, p, true)
+	if !strings.HasPrefix(base, "https://127.0.0.1:") && !strings.HasPrefix(base, "https://[::1]:") {
+		t.Errorf("URL = %q", base)
+	}
 	for _, name := range []string{"", "idp.test", "a.idp.test", "localhost"} {
-		resp, _ := mustGet(t, tlsClient(t, p, name), s.URL+DefaultPath)
+		resp, _ := mustGet(t, tlsClient(t, p, name), base+jwkscachetest.JWKSPath)
 		if resp.TLS == nil || len(resp.TLS.PeerCertificates) == 0 {
 			t.Fatalf("no TLS state for %q", name)
 		}
-		if got, want := SPKIPin(resp.TLS.PeerCertificates[0]), SPKIPin(p.Leaf()); got != want {
+		if got, want := jwkscachetest.SPKIPin(resp.TLS.PeerCertificates[0]), jwkscachetest.SPKIPin(p.Leaf()); got != want {
 			t.Errorf("pin %s, want %s", got, want)
 		}
 	}
-	pin := SPKIPin(p.Leaf())
-	if len(pin) != 44 || !strings.HasSuffix(pin, "=") || pin == SPKIPin(p.CA()) {
+	pin := jwkscachetest.SPKIPin(p.Leaf())
+	if len(pin) != 44 || !strings.HasSuffix(pin, "=") || pin == jwkscachetest.SPKIPin(p.CA()) {
 		t.Errorf("pin = %q", pin)
 	}
 
@@ -765,59 +794,80 @@ func TestTLS(t *testing.T) {
 			t.Errorf("verify %s: %v", host, err)
 		}
 	}
-	if !p.CA().IsCA || New().CA() != p.CA() {
+	if !p.CA().IsCA || jwkscachetest.NewEmpty().CA() != p.CA() {
 		t.Error("CA not shared or not a CA")
 	}
 
 	// A client not trusting the CA fails.
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections()
-	if _, err := (&http.Client{Transport: tr}).Get(s.URL + DefaultPath); err == nil {
+	if _, err := (&http.Client{Transport: tr}).Get(base + jwkscachetest.JWKSPath); err == nil {
 		t.Error("untrusted client succeeded")
 	}
 }
 
-func TestStartPlain(t *testing.T) {
-	p, _ := NewDefault()
-	s := httptest.NewServer(p)
-	t.Cleanup(s.Close)
-	resp, body := mustGet(t, s.Client(), s.URL+DefaultPath)
+func TestStartHTTP(t *testing.T) {
+	p, _ := newDefault()
+	base := start(t, p, false)
+	if !strings.HasPrefix(base, "http://") {
+		t.Errorf("URL = %q", base)
+	}
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	resp, body := mustGet(t, &http.Client{Transport: tr}, base+jwkscachetest.JWKSPath)
 	if resp.StatusCode != 200 || len(parseJWKS(t, body).Keys) != 3 {
 		t.Errorf("status %d body %s", resp.StatusCode, body)
 	}
 }
 
+// The IdP is an http.Handler: it can be served by an httptest.Server with
+// its own certificate.
+func TestServeWithHTTPTest(t *testing.T) {
+	p, _ := newDefault()
+	s := httptest.NewUnstartedServer(p)
+	s.TLS = &tls.Config{Certificates: []tls.Certificate{p.Certificate()}}
+	s.StartTLS()
+	t.Cleanup(s.Close)
+	resp, body := mustGet(t, tlsClient(t, p, ""), s.URL+jwkscachetest.JWKSPath)
+	if resp.StatusCode != 200 || len(parseJWKS(t, body).Keys) != 3 {
+		t.Errorf("status %d body %s", resp.StatusCode, body)
+	}
+	if p.Started() || p.URL() != jwkscachetest.InMemoryURL {
+		t.Errorf("Started %v, URL %q", p.Started(), p.URL())
+	}
+}
+
 func TestGzipBombCached(t *testing.T) {
-	a, b := GzipBomb(1<<20), GzipBomb(1<<20)
+	a, b := jwkscachetest.GzipBomb(1<<20), jwkscachetest.GzipBomb(1<<20)
 	if &a[0] != &b[0] {
 		t.Error("GzipBomb not cached")
 	}
-	if n, first := gunzip(t, GzipBomb(1)); n != 1 || first != '{' {
-		t.Errorf("GzipBomb(1) = %d bytes %q", n, first)
+	if n, first := gunzip(t, jwkscachetest.GzipBomb(1)); n != 1 || first != '{' {
+		t.Errorf("jwkscachetest.GzipBomb(1) = %d bytes %q", n, first)
 	}
 }
 
 func TestConcurrent(t *testing.T) {
-	p, _ := NewDefault()
+	p, _ := newDefault()
 	c := p.Client()
 	var wg sync.WaitGroup
 	for i := range 8 {
 		wg.Go(func() {
 			for range 20 {
-				resp, body, err := do(t, c, http.MethodGet, "https://idp.test"+DefaultPath)
+				resp, body, err := do(t, c, http.MethodGet, "https://idp.test"+jwkscachetest.JWKSPath)
 				if err != nil || resp.StatusCode != 200 || !json.Valid(body) {
 					t.Errorf("worker %d: %v", i, err)
 					return
 				}
-				_ = p.Requests(DefaultPath)
-				_ = p.LastRequest(DefaultPath)
+				_ = p.Requests(jwkscachetest.JWKSPath)
+				_ = p.LastRequest(jwkscachetest.JWKSPath)
 			}
 		})
 	}
 	for range 10 {
-		p.Rotate(DefaultPath, "ES256")
-		p.SetHeader(DefaultPath, "Age", "1")
-		p.SetFault("/other", Fault{Status: 500})
+		p.JWKS().Rotate("ES256")
+		p.SetHeader(jwkscachetest.JWKSPath, "Age", "1")
+		p.SetFault("/other", jwkscachetest.Fault{Status: 500})
 	}
 	wg.Wait()
 	if n := p.TotalRequests(); n != 160 {

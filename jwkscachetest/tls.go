@@ -11,6 +11,8 @@ import (
 	"encoding/base64"
 	"math/big"
 	"net"
+	"net/netip"
+	"slices"
 	"sync"
 	"time"
 )
@@ -22,6 +24,18 @@ var (
 	certNotBefore = time.Date(1970, 1, 1, 0, 0, 0, 0, time.UTC)
 	certNotAfter  = time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC)
 )
+
+// loopback are the address ranges of a started IdP.
+var loopback = []netip.Prefix{
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("::1/128"),
+}
+
+// AllowedAddresses returns the address ranges a started IdP listens in,
+// the IPv4 and IPv6 loopback ranges 127.0.0.0/8 and ::1/128, as a new
+// slice. They are refused by jwkscache's dial guard by default; use them
+// as jwkscache.Options.AllowedAddresses.
+func (p *IdP) AllowedAddresses() []netip.Prefix { return slices.Clone(loopback) }
 
 // pki is the process-wide TLS material shared by every IdP.
 var pki struct {
@@ -103,8 +117,9 @@ func (p *IdP) Leaf() *x509.Certificate {
 	return pki.leaf
 }
 
-// CertPool returns a new pool containing only the IdP's CA, suitable as
-// tls.Config.RootCAs for clients of a server started with StartTLS.
+// CertPool returns a new pool containing only the IdP's CA (see CA),
+// suitable as tls.Config.RootCAs for clients of an IdP started with Start,
+// and as jwkscache.Options.RootCAs.
 func (p *IdP) CertPool() *x509.CertPool {
 	pool := x509.NewCertPool()
 	pool.AddCert(p.CA())
@@ -112,7 +127,8 @@ func (p *IdP) CertPool() *x509.CertPool {
 }
 
 // Certificate returns the IdP's TLS certificate chain (leaf then CA) with
-// its private key, for building custom servers.
+// its private key, as Start serves it. Use it to serve the IdP (an
+// http.Handler) from a server of your own, such as an httptest.Server.
 func (p *IdP) Certificate() tls.Certificate {
 	loadPKI()
 	return pki.cert
