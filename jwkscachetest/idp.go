@@ -26,9 +26,6 @@ const (
 	DiscoveryPath = "/.well-known/openid-configuration"
 )
 
-// DefaultPath is JWKSPath, under its historical name.
-const DefaultPath = JWKSPath
-
 // InMemoryURL is the base URL of an IdP that has not been started. The
 // in-memory transport (IdP.Client, IdP.RoundTrip) ignores the host of the
 // requests it answers, so this URL, or any other, reaches the IdP through

@@ -24,7 +24,7 @@ import (
 )
 
 // DefaultPath is the path at which NewDefault serves its JWKS.
-const DefaultPath = jwkscachetest.DefaultPath
+const DefaultPath = jwkscachetest.JWKSPath
 
 // Content types used by the IdP.
 const (
