@@ -1,4 +1,4 @@
-package testidp
+package jwkscachetest
 
 import (
 	"bytes"
@@ -11,9 +11,15 @@ import (
 	"time"
 )
 
-// Fault describes a misbehaviour of the IdP for one path, applied before
-// normal serving. It applies to the next Count requests, or to every request
-// until ClearFault if Count is 0.
+// Fault describes a misbehaviour of the IdP for one path (see
+// IdP.SetFault), applied before normal serving. It applies to the next
+// Count requests, or to every request until IdP.ClearFault if Count is 0.
+// Requests that meet a fault are counted like any other.
+//
+// For example, two 503s asking the client to come back in 30 seconds,
+// then normal service:
+//
+//	idp.SetFault(jwkscachetest.JWKSPath, jwkscachetest.Fault{Status: 503, RetryAfter: "30", Count: 2})
 //
 // Delay combines with any other field. Of the remaining fields the first set
 // one, in the order Refuse, Reset, Status, RedirectTo, HTML, Truncated,
@@ -43,7 +49,9 @@ type Fault struct {
 	// bodies: chunked transfer in server mode, ContentLength -1 in
 	// RoundTripper mode.
 	HideLength bool
-	Count      int
+	// Count is the number of requests the fault applies to; 0 means every
+	// request until IdP.ClearFault.
+	Count int
 }
 
 // HTMLBody is the body sent by the HTML fault.
@@ -150,7 +158,8 @@ var bombs = struct {
 	m  map[int64][]byte
 }{m: make(map[int64][]byte)}
 
-// GzipBomb returns gzip-compressed bytes that decompress to exactly n bytes:
+// GzipBomb returns gzip-compressed bytes, as the GzipBomb fault sends them,
+// that decompress to exactly n bytes:
 // '{' followed by n-1 spaces. Results are computed once per size and cached
 // for the life of the process; callers must not modify them. The compressed
 // size is roughly n/1000.

@@ -1,4 +1,4 @@
-package testidp
+package jwkscachetest
 
 import (
 	"crypto/ecdsa"
@@ -11,9 +11,9 @@ import (
 	"encoding/base64"
 	"math/big"
 	"net"
-	"net/http/httptest"
+	"net/netip"
+	"slices"
 	"sync"
-	"testing"
 	"time"
 )
 
@@ -24,6 +24,18 @@ var (
 	certNotBefore = time.Date(1970, 1, 1, 0, 0, 0, 0, time.UTC)
 	certNotAfter  = time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC)
 )
+
+// loopback are the address ranges of a started IdP.
+var loopback = []netip.Prefix{
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("::1/128"),
+}
+
+// AllowedAddresses returns the address ranges a started IdP listens in,
+// the IPv4 and IPv6 loopback ranges 127.0.0.0/8 and ::1/128, as a new
+// slice. They are refused by jwkscache's dial guard by default; use them
+// as jwkscache.Options.AllowedAddresses.
+func (p *IdP) AllowedAddresses() []netip.Prefix { return slices.Clone(loopback) }
 
 // pki is the process-wide TLS material shared by every IdP.
 var pki struct {
@@ -40,7 +52,7 @@ func loadPKI() {
 	pki.once.Do(func() {
 		caKey, leafKey := mustECDSA(), mustECDSA()
 		ca := mustCert(&x509.Certificate{
-			Subject:               pkix.Name{CommonName: "testidp CA"},
+			Subject:               pkix.Name{CommonName: "jwkscachetest CA"},
 			KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 			BasicConstraintsValid: true,
 			IsCA:                  true,
@@ -61,7 +73,7 @@ func loadPKI() {
 func mustECDSA() *ecdsa.PrivateKey {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		panic("testidp: generating ECDSA key: " + err.Error())
+		panic("jwkscachetest: generating ECDSA key: " + err.Error())
 	}
 	return k
 }
@@ -72,20 +84,20 @@ func mustECDSA() *ecdsa.PrivateKey {
 func mustCert(tmpl, parent *x509.Certificate, signer, subject *ecdsa.PrivateKey) *x509.Certificate {
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
-		panic("testidp: serial number: " + err.Error())
+		panic("jwkscachetest: serial number: " + err.Error())
 	}
 	tmpl.SerialNumber, tmpl.NotBefore, tmpl.NotAfter = serial, certNotBefore, certNotAfter
-	tmpl.Subject.Organization = []string{"testidp"}
+	tmpl.Subject.Organization = []string{"jwkscachetest"}
 	if parent == nil {
 		parent = tmpl
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &subject.PublicKey, signer)
 	if err != nil {
-		panic("testidp: creating certificate: " + err.Error())
+		panic("jwkscachetest: creating certificate: " + err.Error())
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		panic("testidp: parsing certificate: " + err.Error())
+		panic("jwkscachetest: parsing certificate: " + err.Error())
 	}
 	return cert
 }
@@ -105,8 +117,9 @@ func (p *IdP) Leaf() *x509.Certificate {
 	return pki.leaf
 }
 
-// CertPool returns a new pool containing only the IdP's CA, suitable as
-// tls.Config.RootCAs for clients of a server started with StartTLS.
+// CertPool returns a new pool containing only the IdP's CA (see CA),
+// suitable as tls.Config.RootCAs for clients of an IdP started with Start,
+// and as jwkscache.Options.RootCAs.
 func (p *IdP) CertPool() *x509.CertPool {
 	pool := x509.NewCertPool()
 	pool.AddCert(p.CA())
@@ -114,32 +127,11 @@ func (p *IdP) CertPool() *x509.CertPool {
 }
 
 // Certificate returns the IdP's TLS certificate chain (leaf then CA) with
-// its private key, for building custom servers.
+// its private key, as Start serves it. Use it to serve the IdP (an
+// http.Handler) from a server of your own, such as an httptest.Server.
 func (p *IdP) Certificate() tls.Certificate {
 	loadPKI()
 	return pki.cert
-}
-
-// Start starts a plain HTTP server on a loopback address serving the IdP.
-// The server is closed in t.Cleanup.
-func (p *IdP) Start(t testing.TB) *httptest.Server {
-	t.Helper()
-	s := httptest.NewServer(p)
-	t.Cleanup(s.Close)
-	return s
-}
-
-// StartTLS starts an HTTPS server on a loopback address serving the IdP
-// with the IdP's own certificate (see Leaf and CertPool). The server speaks
-// HTTP/1.1 only, so that the Reset and Refuse faults can hijack connections.
-// The server is closed in t.Cleanup.
-func (p *IdP) StartTLS(t testing.TB) *httptest.Server {
-	t.Helper()
-	s := httptest.NewUnstartedServer(p)
-	s.TLS = &tls.Config{Certificates: []tls.Certificate{p.Certificate()}}
-	s.StartTLS()
-	t.Cleanup(s.Close)
-	return s
 }
 
 // SPKIPin returns the standard, padded base64 encoding of the SHA-256 digest

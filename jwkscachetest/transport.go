@@ -1,4 +1,4 @@
-package testidp
+package jwkscachetest
 
 import (
 	"context"
@@ -15,6 +15,9 @@ import (
 // ServeHTTP serves r from the IdP's configuration: faults first, then 405
 // for methods other than GET and HEAD, redirects, 404 for paths without
 // content, and finally the content with conditional-request handling.
+// Start uses it; it can also be mounted in a server of your own, which
+// must be HTTP/1.x for the Reset and Refuse faults to reach the
+// connection (over HTTP/2 they abort the stream).
 func (p *IdP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rep := p.respond(r)
 	if rep.delay > 0 && wait(r.Context(), rep.delay) != nil {
@@ -101,18 +104,22 @@ func wait(ctx context.Context, d time.Duration) error {
 // waits on a timer and returns an error wrapping the context's error if r's
 // context ends first, Reset returns a *net.OpError wrapping
 // syscall.ECONNRESET and Refuse a *net.OpError wrapping syscall.ECONNREFUSED.
+//
+// As RoundTrip uses no sockets and waits only on timers and r's context,
+// it works inside testing/synctest bubbles, where a real server cannot be
+// used; see Client.
 func (p *IdP) RoundTrip(r *http.Request) (*http.Response, error) {
 	if r.Body != nil {
 		defer r.Body.Close()
 	}
 	ctx := r.Context()
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("testidp: %w", err)
+		return nil, fmt.Errorf("jwkscachetest: %w", err)
 	}
 	rep := p.respond(r)
 	if rep.delay > 0 {
 		if err := wait(ctx, rep.delay); err != nil {
-			return nil, fmt.Errorf("testidp: timeout awaiting response headers: %w", err)
+			return nil, fmt.Errorf("jwkscachetest: timeout awaiting response headers: %w", err)
 		}
 	}
 	switch rep.fail {

@@ -1,28 +1,12 @@
-// Package testidp provides a fake OpenID Connect / JWKS identity provider for
-// tests of the JWKS cache.
-//
-// An IdP serves, per URL path, a JWKS document built from Keys, raw fixture
-// bytes, an OIDC discovery document or a redirect. It supports ETag and
-// Last-Modified revalidation, extra cache headers and injectable faults
-// (error statuses, delays, truncated, oversized or compressed-bomb bodies,
-// HTML login pages, redirects, connection resets and refusals).
-//
-// An IdP can be used in two ways:
-//
-//   - as an in-memory http.RoundTripper (RoundTrip, Client), which never
-//     touches the network, runs entirely in the calling goroutine and waits
-//     only on timers and the request context, so it works inside
-//     testing/synctest bubbles; the URL host is ignored, for example
-//     "https://idp.test/jwks.json";
-//   - as a real server on loopback (Start, StartTLS), using a certificate
-//     issued by a test CA (CertPool, CA, Leaf).
-package testidp
+package jwkscachetest
 
 import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -33,30 +17,58 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 )
 
-// DefaultPath is the path at which NewDefault serves its JWKS.
-const DefaultPath = "/jwks.json"
+// Well-known paths of an IdP made by New.
+const (
+	// JWKSPath is the path of the IdP's main key set (see IdP.JWKS).
+	JWKSPath = "/jwks.json"
+	// DiscoveryPath is the path of the OpenID Connect discovery document
+	// of the IdP's issuer.
+	DiscoveryPath = "/.well-known/openid-configuration"
+)
+
+// InMemoryURL is the base URL of an IdP that has not been started. The
+// in-memory transport (IdP.Client, IdP.RoundTrip) ignores the host of the
+// requests it answers, so this URL, or any other, reaches the IdP through
+// it. It is not resolvable on a network.
+const InMemoryURL = "https://idp.test"
+
+// DefaultMaxAge is the Cache-Control max-age that New sets on JWKSPath.
+const DefaultMaxAge = 5 * time.Minute
 
 // Content types used by the IdP.
 const (
+	// ContentTypeJWKS is the Content-Type of generated key sets.
 	ContentTypeJWKS = "application/jwk-set+json"
+	// ContentTypeJSON is the Content-Type of discovery documents, and of
+	// SetBody when it is given none.
 	ContentTypeJSON = "application/json"
 )
 
-// IdP is a fake identity provider: an http.Handler serving per-path JWKS
-// documents (and an OIDC discovery document), and an in-memory
-// http.RoundTripper. All methods are safe for concurrent use.
+// IdP is a fake identity provider. It serves, per URL path, a key set
+// (see KeySet), raw bytes (SetBody), an OpenID Connect discovery document
+// (SetDiscovery) or a redirect (SetRedirect), with configurable response
+// headers, validators and faults, and counts the requests it receives.
+//
+// An IdP is an http.Handler (ServeHTTP) and an in-memory
+// http.RoundTripper (RoundTrip, Client); Start and StartHTTP also serve it
+// on a loopback socket until Close. All methods are safe for concurrent
+// use, including while requests are being served.
 type IdP struct {
 	mu     sync.Mutex
 	routes map[string]*route
 	counts map[string]int
 	last   map[string]http.Header
 	total  int
-	seq    int // Rotate key ID counter
+	seq    int    // key ID counter for Rotate and PrePublish
+	base   string // base URL: InMemoryURL until started
+	srv    *server
+	closed bool
 }
 
 // route is the configuration and content of one path.
 type route struct {
 	keys        []*Key
+	signer      *Key // the signing key of the key set, if any
 	hasBody     bool
 	body        []byte // never mutated once set, only replaced
 	contentType string
@@ -64,35 +76,74 @@ type route struct {
 	noETag      bool
 	lastMod     time.Time
 	trackLM     bool
+	discovery   bool // body is the IdP's own discovery document
 	header      http.Header
 	redirect    string
 	fault       *Fault
 	faultLeft   int // remaining requests for fault; <= 0 means forever
 }
 
-// New returns an empty IdP. Every path, including "/jwks.json", answers 404
-// until content is configured for it.
+// New returns an IdP, not yet started, with the usual setup of an OpenID
+// Connect provider:
+//
+//   - at JWKSPath, a key set with one RS256 signing key whose key ID is
+//     "k1", served with "Cache-Control: max-age=300" (DefaultMaxAge), an
+//     ETag and no Last-Modified;
+//   - at DiscoveryPath, the discovery document of the IdP's issuer
+//     (Issuer), whose jwks_uri is JWKSURL. It follows the IdP's address:
+//     it changes when Start or StartHTTP gives the IdP its URL.
+//
+// Every other path answers 404 until configured. Call Start to serve it
+// over TLS, or use Client for in-memory requests.
 func New() *IdP {
+	p := NewEmpty()
+	p.JWKS().Rotate("RS256")
+	p.SetMaxAge(JWKSPath, DefaultMaxAge)
+	p.update(DiscoveryPath, func(rt *route) {
+		rt.discovery = true
+		rt.setBody(p.discoveryDocument(p.base), ContentTypeJSON)
+	})
+	return p
+}
+
+// NewEmpty returns an IdP, not yet started, on which every path answers
+// 404 until content is configured for it, including JWKSPath and
+// DiscoveryPath.
+func NewEmpty() *IdP {
 	return &IdP{
 		routes: make(map[string]*route),
 		counts: make(map[string]int),
 		last:   make(map[string]http.Header),
+		base:   InMemoryURL,
 	}
 }
 
-// NewDefault returns an IdP serving at "/jwks.json" an RS256 key "rsa-1", an
-// ES256 key "ec-1" and an EdDSA key "ed-1" with "Cache-Control: max-age=300",
-// together with those keys in that order.
-func NewDefault() (*IdP, []*Key) {
-	p := New()
-	keys := []*Key{NewKey("RS256", "rsa-1"), NewKey("ES256", "ec-1"), NewKey("EdDSA", "ed-1")}
-	p.SetKeys(DefaultPath, keys...)
-	p.SetHeader(DefaultPath, "Cache-Control", "max-age=300")
-	return p, keys
+// URL returns the base URL of the IdP, without a trailing slash: the
+// address of its server once Start or StartHTTP has been called (for
+// example "https://127.0.0.1:41235"), and InMemoryURL before. It does not
+// change when the IdP is closed.
+func (p *IdP) URL() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.base
 }
 
-// Client returns an HTTP client whose transport is the IdP itself, so
-// requests to any host are answered in memory.
+// Issuer returns the issuer identifier of the IdP, which is its URL: the
+// "issuer" member of the discovery document New serves, and the "iss"
+// claim set by Claims.
+func (p *IdP) Issuer() string { return p.URL() }
+
+// JWKSURL returns the URL of the IdP's main key set: URL() + JWKSPath.
+func (p *IdP) JWKSURL() string { return p.URL() + JWKSPath }
+
+// DiscoveryURL returns the URL of the IdP's discovery document:
+// URL() + DiscoveryPath.
+func (p *IdP) DiscoveryURL() string { return p.URL() + DiscoveryPath }
+
+// Client returns an HTTP client whose transport is the IdP itself (see
+// RoundTrip): requests to any host are answered in memory, without
+// sockets, so it works inside testing/synctest bubbles and whether or not
+// the IdP is started.
 func (p *IdP) Client() *http.Client {
 	return &http.Client{Transport: p}
 }
@@ -109,6 +160,14 @@ func (p *IdP) update(path string, f func(rt *route)) {
 	f(rt)
 }
 
+// view calls f with the route for path, or nil if there is none, under the
+// lock, without creating it.
+func (p *IdP) view(path string, f func(rt *route)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	f(p.routes[path])
+}
+
 // setBody replaces the body of rt, updating its ETag and, if Last-Modified
 // tracking is on and the bytes changed, its Last-Modified time.
 func (rt *route) setBody(body []byte, contentType string) {
@@ -121,86 +180,83 @@ func (rt *route) setBody(body []byte, contentType string) {
 	}
 }
 
-// regenerate makes rt serve a JWKS generated from keys.
+// setRaw makes rt serve body instead of a key set or discovery document.
+func (rt *route) setRaw(body []byte, contentType string) {
+	rt.keys, rt.signer, rt.discovery = nil, nil, false
+	rt.setBody(body, contentType)
+}
+
+// regenerate makes rt serve a JWKS generated from keys. The signing key is
+// kept if it is still among keys.
 func (rt *route) regenerate(keys []*Key) {
-	rt.keys = keys
+	rt.keys, rt.discovery = keys, false
+	if !slices.Contains(keys, rt.signer) {
+		rt.signer = nil
+	}
 	set := jose.JSONWebKeySet{Keys: make([]jose.JSONWebKey, 0, len(keys))}
 	for _, k := range keys {
 		set.Keys = append(set.Keys, k.Public)
 	}
 	body, err := json.Marshal(set)
 	if err != nil {
-		panic("testidp: marshaling JWKS: " + err.Error())
+		panic("jwkscachetest: marshaling JWKS: " + err.Error())
 	}
 	rt.setBody(body, ContentTypeJWKS)
 }
 
-// SetKeys makes path serve {"keys":[...]} with the public JWKs of keys, in
-// order, with Content-Type application/jwk-set+json. With no keys it serves
-// an empty key set.
-func (p *IdP) SetKeys(path string, keys ...*Key) {
-	p.update(path, func(rt *route) { rt.regenerate(slices.Clone(keys)) })
+// discoveryDocument returns the discovery document of an IdP whose base
+// URL is base.
+func (p *IdP) discoveryDocument(base string) []byte {
+	return marshalDiscovery(base, base+JWKSPath)
 }
 
-// AddKey appends k to the keys served at path.
-func (p *IdP) AddKey(path string, k *Key) {
-	p.update(path, func(rt *route) { rt.regenerate(append(slices.Clip(rt.keys), k)) })
+func marshalDiscovery(issuer, jwksURI string) []byte {
+	body, err := json.Marshal(map[string]string{"issuer": issuer, "jwks_uri": jwksURI})
+	if err != nil {
+		panic("jwkscachetest: marshaling discovery document: " + err.Error())
+	}
+	return body
 }
 
-// RemoveKey removes every key with key ID kid from the keys served at path.
-func (p *IdP) RemoveKey(path, kid string) {
-	p.update(path, func(rt *route) {
-		rt.regenerate(slices.DeleteFunc(slices.Clone(rt.keys), func(k *Key) bool { return k.KID == kid }))
-	})
+// setBase changes the base URL and the discovery documents that follow it.
+// The caller holds p.mu.
+func (p *IdP) setBase(base string) {
+	p.base = base
+	for _, rt := range p.routes {
+		if rt.discovery {
+			rt.setBody(p.discoveryDocument(base), ContentTypeJSON)
+		}
+	}
 }
 
-// Rotate generates a new key for alg with key ID "k<N>", N being a per-IdP
-// counter starting at 1, and appends it to the keys served at path. If that
-// leaves more than two keys, the oldest is dropped, so after a rotation the
-// set holds the previous key and the new one. It returns the new key.
-func (p *IdP) Rotate(path, alg string) *Key {
+// nextKID returns a new key ID "k<N>", N counting from 1 per IdP.
+func (p *IdP) nextKID() string {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.seq++
-	kid := "k" + strconv.Itoa(p.seq)
-	p.mu.Unlock()
-	k := NewKey(alg, kid) // outside the lock: RSA generation may be slow
-	p.update(path, func(rt *route) {
-		keys := append(slices.Clone(rt.keys), k)
-		rt.regenerate(keys[max(len(keys)-2, 0):])
-	})
-	return k
+	return "k" + strconv.Itoa(p.seq)
 }
 
-// Keys returns the keys currently served at path (nil if the path serves
-// raw bytes or nothing).
-func (p *IdP) Keys(path string) []*Key {
-	var keys []*Key
-	p.update(path, func(rt *route) { keys = slices.Clone(rt.keys) })
-	return keys
-}
-
-// SetBody makes path serve body verbatim instead of a generated JWKS, with
-// the given Content-Type (application/json if empty). A later SetKeys,
-// AddKey, RemoveKey or Rotate switches back to a generated JWKS.
+// SetBody makes path serve body verbatim, with the given Content-Type
+// (ContentTypeJSON if empty), instead of a key set or discovery document:
+// use it for fixtures such as malformed or unusual documents. A later
+// change through KeySet(path) switches back to a generated key set.
 func (p *IdP) SetBody(path string, body []byte, contentType string) {
 	if contentType == "" {
 		contentType = ContentTypeJSON
 	}
 	body = slices.Clone(body)
-	p.update(path, func(rt *route) {
-		rt.keys = nil
-		rt.setBody(body, contentType)
-	})
+	p.update(path, func(rt *route) { rt.setRaw(body, contentType) })
 }
 
-// SetDiscovery makes path, normally "/.well-known/openid-configuration",
-// serve the OIDC discovery document {"issuer":issuer,"jwks_uri":jwksURI}.
+// SetDiscovery makes path, normally DiscoveryPath or a path ending with
+// it, serve the OpenID Connect discovery document
+// {"issuer":issuer,"jwks_uri":jwksURI} with Content-Type
+// application/json. The document is fixed: it does not follow the IdP's
+// URL, so an issuer that differs from the one the document is fetched
+// under (an error for OpenID Connect Discovery) can be tested.
 func (p *IdP) SetDiscovery(path, issuer, jwksURI string) {
-	body, err := json.Marshal(map[string]string{"issuer": issuer, "jwks_uri": jwksURI})
-	if err != nil {
-		panic("testidp: marshaling discovery document: " + err.Error())
-	}
-	p.SetBody(path, body, ContentTypeJSON)
+	p.SetBody(path, marshalDiscovery(issuer, jwksURI), ContentTypeJSON)
 }
 
 // SetRedirect makes path answer every request with a 302 to location, which
@@ -211,20 +267,30 @@ func (p *IdP) SetRedirect(path, location string) {
 }
 
 // SetHeader sets an extra response header, such as Cache-Control, Expires,
-// Age or Date, sent on 200 and 304 responses for path.
+// Age or Date, sent on the 200 and 304 responses of path. It does not
+// create content: a path without content still answers 404.
 func (p *IdP) SetHeader(path, name, value string) {
 	p.update(path, func(rt *route) { rt.header.Set(name, value) })
 }
 
-// DelHeader removes an extra response header set with SetHeader.
+// DelHeader removes an extra response header set with SetHeader or
+// SetMaxAge.
 func (p *IdP) DelHeader(path, name string) {
 	p.update(path, func(rt *route) { rt.header.Del(name) })
+}
+
+// SetMaxAge sets the Cache-Control header of path to "max-age=N", N being
+// d in whole seconds (rounded down, at least 0). Use SetHeader for other
+// directives, such as "no-store", and DelHeader to remove it.
+func (p *IdP) SetMaxAge(path string, d time.Duration) {
+	p.SetHeader(path, "Cache-Control", "max-age="+strconv.FormatInt(int64(max(d, 0)/time.Second), 10))
 }
 
 // SetETag turns the ETag of path on or off; it is on by default. The ETag is
 // strong: a double-quoted hex encoding of the first 16 bytes of the SHA-256
 // of the body, so it changes whenever the body does. While on, a request
-// whose If-None-Match lists it (weak comparison) or is "*" gets a 304.
+// whose If-None-Match lists it (weak comparison) or is "*" gets a 304 Not
+// Modified with the same headers and no body.
 func (p *IdP) SetETag(path string, on bool) {
 	p.update(path, func(rt *route) { rt.noETag = !on })
 }
@@ -232,8 +298,8 @@ func (p *IdP) SetETag(path string, on bool) {
 // ETag returns the ETag path currently serves, or "" if none.
 func (p *IdP) ETag(path string) string {
 	var etag string
-	p.update(path, func(rt *route) {
-		if rt.hasBody && !rt.noETag {
+	p.view(path, func(rt *route) {
+		if rt != nil && rt.hasBody && !rt.noETag {
 			etag = rt.etag
 		}
 	})
@@ -264,7 +330,8 @@ func (p *IdP) ClearFault(path string) {
 }
 
 // Requests returns the number of requests received for path, whatever their
-// outcome (faults, 304s, 404s and 405s included).
+// method and outcome (faults, 304s, 404s and 405s included). The path is
+// the URL path without the query.
 func (p *IdP) Requests(path string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -276,6 +343,14 @@ func (p *IdP) TotalRequests() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.total
+}
+
+// RequestCounts returns a copy of the number of requests received per
+// path, for the paths that received any.
+func (p *IdP) RequestCounts() map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.counts)
 }
 
 // LastRequest returns a copy of the headers of the last request for path,
@@ -399,4 +474,9 @@ func notModified(r *http.Request, etag string, lastMod time.Time) bool {
 	}
 	t, err := http.ParseTime(ims)
 	return err == nil && !lastMod.After(t)
+}
+
+// panicf panics with a message prefixed by the package name.
+func panicf(format string, args ...any) {
+	panic(fmt.Sprintf("jwkscachetest: "+format, args...))
 }
