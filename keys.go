@@ -46,7 +46,7 @@ const (
 	SkipCrv             = "unsupported_crv"        // EC curve other than P-256/384/521, OKP other than Ed25519
 	SkipAlg             = "unsupported_alg"        // alg unknown, or not of the key's type and curve
 	SkipEncoding        = "invalid_encoding"       // bad base64url or JSON member types
-	SkipInvalid         = "invalid_key"            // the key does not parse (bad point, x5c mismatch, ...)
+	SkipInvalid         = "invalid_key"            // the key does not parse (bad point, x5c mismatch, ...) or crypto/rsa refuses it (even modulus, bad exponent)
 	SkipRSASize         = "rsa_key_size"           // RSA modulus outside 2048-8192 bits, or over go-jose's jose.MaxRSAModulusBits (default 4096)
 	SkipDuplicate       = "duplicate"              // identical to an earlier key of the same kid (merged)
 )
@@ -388,6 +388,13 @@ func parseKey(rk json.RawMessage) (*typedKey, string) {
 	case *rsa.PublicKey:
 		if bits := k.N.BitLen(); bits < 2048 || bits > 8192 {
 			return nil, SkipRSASize
+		}
+		// crypto/rsa refuses these keys when verifying (checkPublicKey in
+		// crypto/internal/fips140/rsa): an even modulus, and an exponent
+		// below 2, even, or over 2^31-1. go-jose refuses only exponents
+		// below 2 or over math.MaxInt. E < 3 is 1 or 2.
+		if k.N.Bit(0) == 0 || k.E < 3 || k.E%2 == 0 || k.E > 1<<31-1 {
+			return nil, SkipInvalid
 		}
 	case *ecdsa.PublicKey, ed25519.PublicKey:
 	default:

@@ -2,12 +2,14 @@ package jwkscache
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -909,4 +911,83 @@ func TestFindAllocs(t *testing.T) {
 			t.Errorf("%s: find allocates %v times", file, n)
 		}
 	}
+}
+
+// TestRSAKeysRefusedByGo (issue 6): RSA keys that crypto/rsa refuses when
+// verifying are skipped as invalid_key at parse, so that they are never
+// handed out. Each case also checks that premise: verifying a (garbage)
+// signature fails with rsa.ErrVerification for a kept key, and with
+// another error, the key's refusal, for a skipped one.
+func TestRSAKeysRefusedByGo(t *testing.T) {
+	base := rsaModulusJWK(t, 2048, "")
+	n, err := base64.RawURLEncoding.DecodeString(base["n"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	even := new(big.Int).SetBytes(n)
+	even.SetBit(even, 0, 0)
+	exp := func(e *big.Int) string { return base64.RawURLEncoding.EncodeToString(e.Bytes()) }
+	pow2 := func(k uint, plus int64) *big.Int {
+		return new(big.Int).Add(new(big.Int).Lsh(big.NewInt(1), k), big.NewInt(plus))
+	}
+	tests := []struct {
+		name string
+		jwk  map[string]any
+		want string // skip reason, "" when kept
+	}{
+		{"e=65537", base, ""},
+		{"e=3", jwkWith(base, "e", exp(big.NewInt(3))), ""},
+		{"e=2^31-1", jwkWith(base, "e", exp(pow2(31, -1))), ""},
+		{"even modulus", jwkWith(base, "n", base64.RawURLEncoding.EncodeToString(even.Bytes())), SkipInvalid},
+		{"e=1", jwkWith(base, "e", exp(big.NewInt(1))), SkipInvalid}, // go-jose refuses it too
+		{"e=2", jwkWith(base, "e", exp(big.NewInt(2))), SkipInvalid},
+		{"e=4", jwkWith(base, "e", exp(big.NewInt(4))), SkipInvalid},
+		{"e=65536", jwkWith(base, "e", exp(big.NewInt(65536))), SkipInvalid},
+		{"e=2^31+1", jwkWith(base, "e", exp(pow2(31, 1))), SkipInvalid},
+		{"e=2^32+1", jwkWith(base, "e", exp(pow2(32, 1))), SkipInvalid},
+		{"e=2^62+1", jwkWith(base, "e", exp(pow2(62, 1))), SkipInvalid},
+		{"e=2^63+1", jwkWith(base, "e", exp(pow2(63, 1))), SkipInvalid}, // over int64: go-jose refuses it
+		{"e=2^64+1", jwkWith(base, "e", exp(pow2(64, 1))), SkipInvalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			k := genKeys(t)
+			ks, err := parseKeySet(jwksDoc(t, jwkWith(tt.jwk, "kid", tt.name), jwkMap(t, &k.p256a.PublicKey, "ec", "ES256", "sig")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want []SkippedKey
+			if tt.want != "" {
+				want = []SkippedKey{{KID: tt.name, Index: 0, Reason: tt.want}}
+			}
+			if !reflect.DeepEqual(ks.skipped, want) {
+				t.Errorf("skipped = %+v, want %+v", ks.skipped, want)
+			}
+			if got, _ := ks.lookupAlg(tt.name, "RS256"); (got != nil) != (tt.want == "") {
+				t.Errorf("lookupAlg(%q, RS256) = %v", tt.name, got)
+			}
+			checkKeySet(t, ks)
+
+			// The premise, for the exponents Go's int holds.
+			e := new(big.Int).SetBytes(mustB64(t, tt.jwk["e"].(string)))
+			if !e.IsInt64() {
+				return
+			}
+			pub := &rsa.PublicKey{N: new(big.Int).SetBytes(mustB64(t, tt.jwk["n"].(string))), E: int(e.Int64())}
+			digest := sha256.Sum256([]byte("payload"))
+			err = rsa.VerifyPKCS1v15(pub, crypto.SHA256, digest[:], make([]byte, pub.Size()))
+			if refused := !errors.Is(err, rsa.ErrVerification); refused != (tt.want != "") {
+				t.Errorf("crypto/rsa verifying with the key: %v; the parse skip reason is %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func mustB64(t testing.TB, s string) []byte {
+	t.Helper()
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
