@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -198,11 +199,82 @@ type jwkHeader struct {
 	Oth    json.RawMessage `json:"oth"`
 	Priv   json.RawMessage `json:"priv"`
 	K      json.RawMessage `json:"k"`
+
+	// The other members go-jose decodes, checked as go-jose decodes them
+	// so that a bad one is skipped as invalid_encoding by a typed check,
+	// never by reading go-jose's error text. A bad member does not fail
+	// the header: the checks on kty, use, key_ops and alg come first.
+	N       b64urlMember `json:"n"`
+	E       b64urlMember `json:"e"`
+	X       b64urlMember `json:"x"`
+	Y       b64urlMember `json:"y"`
+	Pub     b64urlMember `json:"pub"`
+	X5t     b64urlMember `json:"x5t"`
+	X5tS256 b64urlMember `json:"x5t#S256"`
+	X5c     x5cMember    `json:"x5c"`
+	X5u     stringMember `json:"x5u"`
 }
 
 func (h *jwkHeader) hasPrivate() bool {
 	return h.D != nil || h.P != nil || h.Q != nil || h.Dp != nil || h.Dq != nil ||
 		h.Qi != nil || h.Oth != nil || h.Priv != nil
+}
+
+// encodingErr returns the first decoding error of the members go-jose
+// decodes: a *base64.CorruptInputError, or a JSON error for a member of the
+// wrong type.
+func (h *jwkHeader) encodingErr() error {
+	for _, err := range [...]error{h.N.err, h.E.err, h.X.err, h.Y.err, h.Pub.err, h.X5t.err, h.X5tS256.err, h.X5c.err, h.X5u.err} {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// b64urlMember checks a string member of unpadded base64url (RFC 7515,
+// section 2), as go-jose decodes n, e, x, y, pub, x5t and x5t#S256: null
+// and "" count as absent. It keeps the error, not the value.
+type b64urlMember struct{ err error }
+
+func (m *b64urlMember) UnmarshalJSON(data []byte) error {
+	var s string
+	if err := josejson.Unmarshal(data, &s); err != nil {
+		m.err = err
+		return nil
+	}
+	if _, err := base64.RawURLEncoding.DecodeString(s); err != nil {
+		m.err = err
+	}
+	return nil
+}
+
+// x5cMember checks x5c, an array of padded standard base64 (RFC 7517,
+// section 4.7), as go-jose decodes it before parsing the certificates.
+type x5cMember struct{ err error }
+
+func (m *x5cMember) UnmarshalJSON(data []byte) error {
+	var chain []string
+	if err := josejson.Unmarshal(data, &chain); err != nil {
+		m.err = err
+		return nil
+	}
+	for _, c := range chain {
+		if _, err := base64.StdEncoding.DecodeString(c); err != nil {
+			m.err = err
+			return nil
+		}
+	}
+	return nil
+}
+
+// stringMember checks that a member is a string (or null).
+type stringMember struct{ err error }
+
+func (m *stringMember) UnmarshalJSON(data []byte) error {
+	var s string
+	m.err = josejson.Unmarshal(data, &s)
+	return nil
 }
 
 // errNotJWKS and errHTML are the parse failures of a whole document.
@@ -367,12 +439,12 @@ func parseKey(rk json.RawMessage) (*typedKey, string) {
 		}
 		algs = bit
 	}
+	if h.encodingErr() != nil {
+		return nil, SkipEncoding
+	}
 	var jwk jose.JSONWebKey
 	if err := jwk.UnmarshalJSON(rk); err != nil {
-		switch {
-		case strings.Contains(err.Error(), "base64"):
-			return nil, SkipEncoding
-		case h.Kty == "RSA" && errors.Is(err, jose.ErrUnsupportedKeyType):
+		if h.Kty == "RSA" && errors.Is(err, jose.ErrUnsupportedKeyType) {
 			// go-jose refuses moduli over jose.MaxRSAModulusBits (4096
 			// unless the program raises it), before our own bound.
 			return nil, SkipRSASize

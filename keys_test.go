@@ -561,6 +561,40 @@ func TestParseKeySetGenerated(t *testing.T) {
 			},
 		},
 		{
+			// Issue 6: the reason comes from typed checks of the members
+			// go-jose decodes, not from its error text.
+			name: "encoding of every member go-jose decodes",
+			doc: jwksDoc(t, jwkWith(rsaKey, "kid", "e", "e", "A*AB"), jwkWith(p256, "kid", "y", "y", "!!"),
+				jwkWith(p256, "kid", "pub", "pub", "!!"), jwkWith(p256, "kid", "x5t", "x5t", "!!"),
+				jwkWith(p256, "kid", "x5t#S256", "x5t#S256", "!!"), jwkWith(p256, "kid", "x5c", "x5c", []string{"!!"}),
+				jwkWith(p256, "kid", "x5c-url", "x5c", []string{"-_-_"}), // x5c is standard base64
+				jwkWith(rsaKey, "kid", "n-number", "n", 5), jwkWith(p256, "kid", "x5c-string", "x5c", "AAAA"),
+				jwkWith(p256, "kid", "x5u-number", "x5u", 5), p256),
+			kids: []string{"p256"},
+			skipped: []SkippedKey{
+				{KID: "e", Index: 0, Reason: SkipEncoding}, {KID: "y", Index: 1, Reason: SkipEncoding},
+				{KID: "pub", Index: 2, Reason: SkipEncoding}, {KID: "x5t", Index: 3, Reason: SkipEncoding},
+				{KID: "x5t#S256", Index: 4, Reason: SkipEncoding}, {KID: "x5c", Index: 5, Reason: SkipEncoding},
+				{KID: "x5c-url", Index: 6, Reason: SkipEncoding}, {KID: "n-number", Index: 7, Reason: SkipEncoding},
+				{KID: "x5c-string", Index: 8, Reason: SkipEncoding}, {KID: "x5u-number", Index: 9, Reason: SkipEncoding},
+			},
+		},
+		{
+			// Before issue 6 any go-jose error whose text held "base64" was
+			// invalid_encoding: an x5u that is no URL (and names base64)
+			// was one. Members still count as absent when null or "".
+			name: "not an encoding error",
+			doc: jwksDoc(t, jwkWith(p256, "kid", "x5u-base64", "x5u", "%zz-base64"), jwkWith(p256, "kid", "x5c-der", "x5c", []string{"AAAA"}),
+				jwkWith(rsaKey, "kid", "e-null", "e", json.RawMessage("null")), jwkWith(rsaKey, "kid", "e-empty", "e", ""),
+				jwkWith(p256, "kid", "enc-before", "use", "enc", "x", "!!"), jwkWith(p256, "kid", "x5t-null", "x5t", json.RawMessage("null"))),
+			kids: []string{"x5t-null"},
+			skipped: []SkippedKey{
+				{KID: "x5u-base64", Index: 0, Reason: SkipInvalid}, {KID: "x5c-der", Index: 1, Reason: SkipInvalid},
+				{KID: "e-null", Index: 2, Reason: SkipInvalid}, {KID: "e-empty", Index: 3, Reason: SkipInvalid},
+				{KID: "enc-before", Index: 4, Reason: SkipUse},
+			},
+		},
+		{
 			name: "member types and malformed entries",
 			doc:  jwksDoc(t, `{"kty":"EC","kid":5}`, `"a string"`, `12`, `[1]`, `null`, jwkWith(p256, "use", 1), p256),
 			kids: []string{"p256"},
