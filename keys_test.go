@@ -14,14 +14,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"math/big"
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"unicode/utf8"
 
 	jose "github.com/go-jose/go-jose/v4"
 )
@@ -1024,4 +1027,207 @@ func mustB64(t testing.TB, s string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// hundredKeysDoc is a document of maxKeysPerSet usable keys, 75 EC P-256
+// and 25 RSA-2048 ones, under distinct kids.
+func hundredKeysDoc(t testing.TB) []byte {
+	t.Helper()
+	k := genKeys(t)
+	entries := make([]any, 0, maxKeysPerSet)
+	for i := range maxKeysPerSet {
+		switch {
+		case i%4 == 3:
+			entries = append(entries, jwkMap(t, &k.rsa2048.PublicKey, fmt.Sprintf("rsa-%02d", i), "RS256", "sig"))
+		case i%2 == 0:
+			entries = append(entries, jwkMap(t, &k.p256a.PublicKey, fmt.Sprintf("ec-%02d", i), "ES256", "sig"))
+		default:
+			entries = append(entries, jwkMap(t, &k.p256b.PublicKey, fmt.Sprintf("ec-%02d", i), "ES256", "sig"))
+		}
+	}
+	return jwksDoc(t, entries...)
+}
+
+// allocatedBytes returns the fewest bytes f allocated in one of three runs
+// (the fewest, so that an allocation elsewhere in the process does not
+// count).
+func allocatedBytes(f func()) uint64 {
+	least := uint64(math.MaxUint64)
+	var before, after runtime.MemStats
+	for range 3 {
+		runtime.ReadMemStats(&before)
+		f()
+		runtime.ReadMemStats(&after)
+		least = min(least, after.TotalAlloc-before.TotalAlloc)
+	}
+	return least
+}
+
+// TestParseKeySetBoundedWork (issue 6): a document of one key followed by
+// {} entries up to the 1 MiB response cap (about 350,000 entries) allocates
+// no more than a few times a document of 100 usable keys. The entries past
+// maxKeysPerSet are scanned, not decoded, and only the first
+// maxSkippedKeys skipped keys are recorded; the rest are counted. Before,
+// it kept 350,000 records, 172 MB allocated per parse.
+func TestParseKeySetBoundedWork(t *testing.T) {
+	k := genKeys(t)
+	padded := paddedDoc(t, jwkMap(t, &k.p256a.PublicKey, "good", "ES256", "sig"), DefaultMaxResponseBytes)
+	hundred := hundredKeysDoc(t)
+	entries := 1 + bytes.Count(padded, []byte("{}"))
+
+	ks, err := parseKeySet(padded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := usableKIDs(ks); !slices.Equal(got, []string{"good"}) {
+		t.Errorf("usable kids = %q", got)
+	}
+	var want []SkippedKey
+	for i := 1; i < maxKeysPerSet; i++ {
+		want = append(want, SkippedKey{KID: "", Index: i, Reason: SkipKty})
+	}
+	want = append(want, SkippedKey{KID: "", Index: maxKeysPerSet, Reason: SkipTooManyKeys})
+	if !reflect.DeepEqual(ks.skipped, want) {
+		t.Errorf("%d records, first %+v, last %+v; want %d, the last at index %d", len(ks.skipped), ks.skipped[0], ks.skipped[len(ks.skipped)-1], len(want), maxKeysPerSet)
+	}
+	if want := entries - 1 - maxSkippedKeys; ks.skippedMore != want {
+		t.Errorf("skippedMore = %d, want %d (%d entries)", ks.skippedMore, want, entries)
+	}
+
+	parse := func(doc []byte) func() {
+		return func() {
+			if _, err := parseKeySet(doc); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// A bound in bytes rather than time: allocation is deterministic, and
+	// a per-entry cost of even 8 bytes would exceed it.
+	const factor = 4
+	paddedBytes, hundredBytes := allocatedBytes(parse(padded)), allocatedBytes(parse(hundred))
+	paddedAllocs, hundredAllocs := testing.AllocsPerRun(3, parse(padded)), testing.AllocsPerRun(3, parse(hundred))
+	t.Logf("1 MiB padded: %d B, %.0f allocs; 100 keys: %d B, %.0f allocs", paddedBytes, paddedAllocs, hundredBytes, hundredAllocs)
+	if paddedBytes > factor*hundredBytes {
+		t.Errorf("the 1 MiB padded document allocates %d bytes, over %d times the %d of 100 keys", paddedBytes, factor, hundredBytes)
+	}
+	if paddedAllocs > factor*hundredAllocs {
+		t.Errorf("the 1 MiB padded document allocates %.0f times, over %d times the %.0f of 100 keys", paddedAllocs, factor, hundredAllocs)
+	}
+}
+
+// TestSkippedTextBounded (issue 6): kids and error texts taken from a
+// document are bounded. Before, a kid of invalid UTF-8 was kept whole in
+// its record, each bad byte tripled into U+FFFD, and quoted in the error.
+func TestSkippedTextBounded(t *testing.T) {
+	hugeKIDs := []string{
+		strings.Repeat("\xff", 200<<10),       // invalid UTF-8
+		strings.Repeat("é", 100<<10),          // long, valid
+		"\xff\xfe" + strings.Repeat("a", 100), // cut after the replaced bytes
+		strings.Repeat(`\u0001`, 100),         // quoted as \x01, four bytes each
+	}
+	var entries []string
+	for i := range 300 {
+		kid := fmt.Sprintf("k%d", i)
+		if i < len(hugeKIDs) {
+			kid = hugeKIDs[i]
+		}
+		// Raw JSON: encoding/json would replace the invalid bytes.
+		entries = append(entries, `{"kty":"oct","k":"c2VjcmV0","kid":"`+kid+`"}`)
+	}
+	doc := []byte(`{"keys":[` + strings.Join(entries, ",") + `]}`)
+
+	ks, err := parseKeySet(doc)
+	if !errors.Is(err, ErrNoKeys) {
+		t.Fatalf("error = %.200v, want ErrNoKeys", err)
+	}
+	if len(ks.skipped) != maxSkippedKeys || ks.skippedMore != 300-maxSkippedKeys {
+		t.Errorf("%d records and %d more, want %d and %d", len(ks.skipped), ks.skippedMore, maxSkippedKeys, 300-maxSkippedKeys)
+	}
+	for i, s := range ks.skipped {
+		if !utf8.ValidString(s.KID) || len(s.KID) > maxShownID+len("…[9999999 more bytes]") {
+			t.Errorf("record %d: kid of %d bytes, valid UTF-8 %v: %.100q", i, len(s.KID), utf8.ValidString(s.KID), s.KID)
+		}
+	}
+	for i, kid := range hugeKIDs {
+		// What encoding/json reads, then cut visibly.
+		var dec string
+		if err := json.Unmarshal([]byte(`"`+kid+`"`), &dec); err != nil {
+			t.Fatal(err)
+		}
+		if got := ks.skipped[i].KID; got != capTo(dec, maxShownID) {
+			t.Errorf("record %d: kid %q, want %q", i, got, capTo(dec, maxShownID))
+		}
+	}
+	if !strings.HasSuffix(ks.skipped[0].KID, "more bytes]") {
+		t.Errorf("the cut is not visible: %q", ks.skipped[0].KID)
+	}
+	msg := err.Error()
+	if !utf8.ValidString(msg) || len(msg) > 2*maxErrorText {
+		t.Errorf("error text of %d bytes, valid UTF-8 %v: %.300q", len(msg), utf8.ValidString(msg), msg)
+	}
+	if !strings.Contains(msg, "300 keys in the document") || !strings.Contains(msg, "=symmetric_key") || !strings.Contains(msg, "and 295 more") {
+		t.Errorf("error = %q", msg)
+	}
+}
+
+// splitKeys returns the entries of doc's "keys" array as parseKeySet
+// finds them, and false when it finds no such array.
+func splitKeys(doc []byte) ([][]byte, bool) {
+	if !json.Valid(doc) {
+		return nil, false
+	}
+	array := keysArray(doc)
+	if array == nil {
+		return nil, false
+	}
+	out := [][]byte{}
+	for rest := array[1:]; ; {
+		var e []byte
+		if e, rest = nextElement(rest); e == nil {
+			return out, true
+		}
+		out = append(out, e)
+	}
+}
+
+// TestKeysArrayAsEncodingJSON: the scan finds the "keys" member and its
+// entries exactly as encoding/json did before issue 6 (a struct field of
+// type *[]json.RawMessage): case-insensitive names after unquoting, the
+// last member winning, and every kind of entry.
+func TestKeysArrayAsEncodingJSON(t *testing.T) {
+	docs := []string{
+		`{"keys":[]}`, `{"keys":[1]}`, `{"KEYS":[1]}`, `{"Keys":[1]}`, `{"\u006beys":[1]}`, `{"ke\u0079s":[1]}`,
+		`{"\u212aeys":[1]}`, "{\"\u212aeys\":[1]}", "{\"key\u017f\":[1]}", `{"keys ":[1]}`, `{"key":[1]}`, `{"kéys":[1]}`,
+		`{"keys":[1],"keys":[2,3]}`, `{"keys":[1],"KEYS":null}`, `{"keys":null,"keys":[1]}`, `{"keys":5,"keys":[1]}`,
+		`{"keys":[1],"keys":{}}`, `{"keys":"[1]"}`, `{"keys":null}`, `{"keys":true}`, `{"keys":{"keys":[1]}}`,
+		`{"a":{"keys":[9]},"b":["keys",[1]],"keys":[{"x":"]}\"[{,","y":[[],{}]},[[]],"\\",-1.5e3,true,false,null,{},"",0]}`,
+		" \r\n\t{ \"a\" : 1 , \"keys\" : [ 1 , { } , \"a\" , [ ] ] , \"b\" : [ ] } \n",
+		`{"keys":["\u0022]", "\\\"", "\\\\", "]]"]}`,
+		"{\"keys\":[\"\xff\xfe\",{\"kid\":\"\xff\"}]}",
+		`{}`, `[]`, `[{"keys":[1]}]`, `null`, `"keys"`, `1`, `{"a":1}`, ``, `{"keys":[1]`, `{"keys":[1,]}`, "\ufeff{\"keys\":[]}",
+	}
+	for _, doc := range docs {
+		var ref struct {
+			Keys *[]json.RawMessage `json:"keys"`
+		}
+		refOK := json.Unmarshal([]byte(doc), &ref) == nil && ref.Keys != nil
+		got, ok := splitKeys([]byte(doc))
+		if ok != refOK {
+			t.Errorf("%q: found keys %v, encoding/json %v", doc, ok, refOK)
+			continue
+		}
+		if !ok {
+			if ks, err := parseKeySet([]byte(doc)); ks != nil || !errors.Is(err, errNotJWKS) {
+				t.Errorf("%q: parseKeySet = %v, %v; want errNotJWKS", doc, ks, err)
+			}
+			continue
+		}
+		var want [][]byte
+		for _, e := range *ref.Keys {
+			want = append(want, e)
+		}
+		if !slices.EqualFunc(got, want, bytes.Equal) {
+			t.Errorf("%q: entries %q, encoding/json %q", doc, got, want)
+		}
+	}
 }
