@@ -1,6 +1,7 @@
 package jwkscache
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -17,6 +18,9 @@ import (
 //     75 EC P-256 ES256 keys and 25 RSA-2048 RS256 keys (5 generated RSA
 //     keys, each listed 5 times under different kids, so that setup stays
 //     fast; parsing costs the same).
+//   - 1MiB-padded: a hostile document at the default response cap: one
+//     usable key followed by {} entries up to 1 MiB (issue 6). It should
+//     cost at most a few times 100keys.
 func BenchmarkParseKeySet(b *testing.B) {
 	var entries []any
 	rsaKeys := make([]*rsa.PrivateKey, 5)
@@ -45,6 +49,7 @@ func BenchmarkParseKeySet(b *testing.B) {
 	}{
 		{"2keys", readFixture(b, "google.firezone-2022.json"), 2},
 		{"100keys", jwksDoc(b, entries...), 100},
+		{"1MiB-padded", paddedDoc(b, entries[0], DefaultMaxResponseBytes), 1},
 	}
 	for _, d := range docs {
 		ks, err := parseKeySet(d.doc)
@@ -61,4 +66,26 @@ func BenchmarkParseKeySet(b *testing.B) {
 			}
 		})
 	}
+}
+
+// paddedDoc is a JWKS document of exactly size bytes: the key first, then
+// as many {} entries as fit, then spaces. It is the hostile document of
+// issue 6: cheap to send, once 350,000 skipped-key records per parse.
+func paddedDoc(tb testing.TB, key any, size int) []byte {
+	tb.Helper()
+	doc := jwksDoc(tb, key)
+	head, tail := doc[:len(doc)-2], doc[len(doc)-2:] // tail is "]}"
+	if !bytes.Equal(tail, []byte("]}")) {
+		tb.Fatalf("unexpected document end %q", tail)
+	}
+	n := (size - len(doc)) / len(",{}")
+	if n < 0 {
+		tb.Fatalf("a document of %d bytes is too small for the key", size)
+	}
+	out := make([]byte, 0, size)
+	out = append(out, head...)
+	out = append(out, bytes.Repeat([]byte(",{}"), n)...)
+	out = append(out, tail...)
+	out = append(out, bytes.Repeat([]byte(" "), size-len(out))...)
+	return out
 }

@@ -1,6 +1,7 @@
 package jwkscache
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
@@ -10,6 +11,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
+
+	jose "github.com/go-jose/go-jose/v4"
 )
 
 // The seed corpora in testdata/fuzz/FuzzXxx hold the recorded JWKS
@@ -20,7 +24,10 @@ import (
 
 // FuzzParseKeySet: parseKeySet never panics; a set it accepts holds only
 // public keys typed like their Go keys, and find, lookup and lookupAlg
-// agree with a scan of the keys.
+// agree with a scan of the keys. It reads the document as encoding/json
+// does (the same "keys" member, the same entries), records at most
+// maxSkippedKeys skipped keys with their kid cut, and keeps its error texts
+// bounded.
 func FuzzParseKeySet(f *testing.F) {
 	f.Add([]byte(`{"keys":[]}`))
 	f.Add([]byte(`{"keys":[{"kty":"EC","crv":"P-256","x":"","y":""}]}`))
@@ -29,8 +36,16 @@ func FuzzParseKeySet(f *testing.F) {
 	f.Add([]byte(`{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","use":"enc","USE":"sig"}]}`))
 	f.Add([]byte("\ufeff<html>"))
 	f.Add([]byte(`{"keys":{}}`))
+	f.Add([]byte(`{"KEYS":[{"kid":"\u212a"}],"k\u0065ys":null,"\u212aeys":[1,{"kid":"a","kid":2},"]\"",[[{}]]]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ks, err := parseKeySet(data)
+		var ref struct {
+			Keys *[]json.RawMessage `json:"keys"`
+		}
+		refOK := json.Unmarshal(data, &ref) == nil && ref.Keys != nil
+		if err != nil && (len(err.Error()) > 2*maxErrorText || !utf8.ValidString(err.Error())) {
+			t.Errorf("error text of %d bytes, valid UTF-8 %v", len(err.Error()), utf8.ValidString(err.Error()))
+		}
 		switch {
 		case err == nil:
 			if ks == nil || len(ks.keys) == 0 {
@@ -44,23 +59,46 @@ func FuzzParseKeySet(f *testing.F) {
 			if ks != nil {
 				t.Fatalf("%v with a key set", err)
 			}
+			if refOK {
+				t.Fatalf("%v for a document encoding/json reads as a JWKS of %d entries", err, len(*ref.Keys))
+			}
 			return
 		default:
 			t.Fatalf("unexpected error %v", err)
 		}
-		var doc struct{ Keys []json.RawMessage }
-		if err := json.Unmarshal(data, &doc); err != nil {
-			t.Fatalf("parseKeySet accepted what encoding/json refuses: %v", err)
+		if !refOK {
+			t.Fatalf("parseKeySet accepted what encoding/json refuses")
 		}
-		if n := len(ks.keys) + len(ks.skipped); n != len(doc.Keys) {
-			t.Errorf("%d keys + %d skipped for %d entries", len(ks.keys), len(ks.skipped), len(doc.Keys))
+		entries := *ref.Keys
+		if n := len(ks.keys) + len(ks.skipped) + ks.skippedMore; n != len(entries) {
+			t.Errorf("%d keys + %d skipped + %d more for %d entries", len(ks.keys), len(ks.skipped), ks.skippedMore, len(entries))
+		}
+		if len(ks.skipped) > maxSkippedKeys || ks.skippedMore < 0 || ks.skippedMore > 0 && len(ks.skipped) != maxSkippedKeys {
+			t.Errorf("%d records and %d more", len(ks.skipped), ks.skippedMore)
 		}
 		for i, s := range ks.skipped {
-			if s.Reason == "" || i > 0 && s.Index <= ks.skipped[i-1].Index || s.Index < 0 || s.Index >= len(doc.Keys) {
+			if s.Reason == "" || i > 0 && s.Index <= ks.skipped[i-1].Index || s.Index < 0 || s.Index >= len(entries) {
 				t.Errorf("skipped[%d] = %+v", i, s)
+				continue
 			}
 			if (s.Index >= maxKeysPerSet) != (s.Reason == SkipTooManyKeys) {
 				t.Errorf("skipped[%d] = %+v: too_many_keys is for index >= %d only", i, s, maxKeysPerSet)
+			}
+			// The record names its entry: the kid encoding/json reads
+			// there, cut.
+			var h struct{ Kid any }
+			var kid string
+			if json.Unmarshal(entries[s.Index], &h) == nil {
+				kid, _ = h.Kid.(string)
+			}
+			if want := capTo(kid, maxShownID); s.KID != want {
+				t.Errorf("skipped[%d] kid %q, want %q", i, s.KID, want)
+			}
+			// A base64 failure in go-jose is an encoding error, found
+			// before go-jose by a typed check.
+			var jwk jose.JSONWebKey
+			if s.Reason == SkipInvalid && errors.As(jwk.UnmarshalJSON(entries[s.Index]), new(base64.CorruptInputError)) {
+				t.Errorf("skipped[%d] = %+v, but go-jose fails on base64", i, s)
 			}
 		}
 		checkKeySet(t, ks)

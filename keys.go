@@ -6,10 +6,12 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -30,6 +32,8 @@ type KeyInfo struct {
 
 // SkippedKey is a JWK of a fetched set that the cache does not use, and why.
 type SkippedKey struct {
+	// KID is the JWK's kid, cut visibly after 64 bytes and made valid
+	// UTF-8 (it comes from an untrusted document).
 	KID    string `json:"kid"`
 	Index  int    `json:"index"` // position in the document's keys array
 	Reason string `json:"reason"`
@@ -46,7 +50,7 @@ const (
 	SkipCrv             = "unsupported_crv"        // EC curve other than P-256/384/521, OKP other than Ed25519
 	SkipAlg             = "unsupported_alg"        // alg unknown, or not of the key's type and curve
 	SkipEncoding        = "invalid_encoding"       // bad base64url or JSON member types
-	SkipInvalid         = "invalid_key"            // the key does not parse (bad point, x5c mismatch, ...)
+	SkipInvalid         = "invalid_key"            // the key does not parse (bad point, x5c mismatch, ...) or crypto/rsa refuses it (even modulus, bad exponent)
 	SkipRSASize         = "rsa_key_size"           // RSA modulus outside 2048-8192 bits, or over go-jose's jose.MaxRSAModulusBits (default 4096)
 	SkipDuplicate       = "duplicate"              // identical to an earlier key of the same kid (merged)
 )
@@ -123,8 +127,13 @@ type keySet struct {
 	// byKID indexes keys by kid ("" for keys without one) when the set is
 	// larger than smallSet; smaller sets are scanned, which is as fast and
 	// saves the map's memory (it counts with 100,000 providers).
-	byKID   map[string][]*typedKey
-	skipped []SkippedKey
+	byKID map[string][]*typedKey
+	// skipped records the first maxSkippedKeys skipped keys of the
+	// document, in document order; skippedMore counts the skipped keys
+	// after them, which are not recorded (a hostile document may hold
+	// hundreds of thousands of entries).
+	skipped     []SkippedKey
+	skippedMore int
 	// uniqueKIDs is true when no two usable keys share a kid, so a scan
 	// may stop at the first match.
 	uniqueKIDs bool
@@ -132,6 +141,9 @@ type keySet struct {
 
 // smallSet is the largest set searched without the byKID index.
 const smallSet = 8
+
+// maxSkippedKeys bounds the SkippedKey records of a set (keySet.skipped).
+const maxSkippedKeys = 100
 
 // candidates returns the keys whose kid equals kid.
 func (ks *keySet) candidates(kid string) []*typedKey {
@@ -198,11 +210,82 @@ type jwkHeader struct {
 	Oth    json.RawMessage `json:"oth"`
 	Priv   json.RawMessage `json:"priv"`
 	K      json.RawMessage `json:"k"`
+
+	// The other members go-jose decodes, checked as go-jose decodes them
+	// so that a bad one is skipped as invalid_encoding by a typed check,
+	// never by reading go-jose's error text. A bad member does not fail
+	// the header: the checks on kty, use, key_ops and alg come first.
+	N       b64urlMember `json:"n"`
+	E       b64urlMember `json:"e"`
+	X       b64urlMember `json:"x"`
+	Y       b64urlMember `json:"y"`
+	Pub     b64urlMember `json:"pub"`
+	X5t     b64urlMember `json:"x5t"`
+	X5tS256 b64urlMember `json:"x5t#S256"`
+	X5c     x5cMember    `json:"x5c"`
+	X5u     stringMember `json:"x5u"`
 }
 
 func (h *jwkHeader) hasPrivate() bool {
 	return h.D != nil || h.P != nil || h.Q != nil || h.Dp != nil || h.Dq != nil ||
 		h.Qi != nil || h.Oth != nil || h.Priv != nil
+}
+
+// encodingErr returns the first decoding error of the members go-jose
+// decodes: a *base64.CorruptInputError, or a JSON error for a member of the
+// wrong type.
+func (h *jwkHeader) encodingErr() error {
+	for _, err := range [...]error{h.N.err, h.E.err, h.X.err, h.Y.err, h.Pub.err, h.X5t.err, h.X5tS256.err, h.X5c.err, h.X5u.err} {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// b64urlMember checks a string member of unpadded base64url (RFC 7515,
+// section 2), as go-jose decodes n, e, x, y, pub, x5t and x5t#S256: null
+// and "" count as absent. It keeps the error, not the value.
+type b64urlMember struct{ err error }
+
+func (m *b64urlMember) UnmarshalJSON(data []byte) error {
+	var s string
+	if err := josejson.Unmarshal(data, &s); err != nil {
+		m.err = err
+		return nil
+	}
+	if _, err := base64.RawURLEncoding.DecodeString(s); err != nil {
+		m.err = err
+	}
+	return nil
+}
+
+// x5cMember checks x5c, an array of padded standard base64 (RFC 7517,
+// section 4.7), as go-jose decodes it before parsing the certificates.
+type x5cMember struct{ err error }
+
+func (m *x5cMember) UnmarshalJSON(data []byte) error {
+	var chain []string
+	if err := josejson.Unmarshal(data, &chain); err != nil {
+		m.err = err
+		return nil
+	}
+	for _, c := range chain {
+		if _, err := base64.StdEncoding.DecodeString(c); err != nil {
+			m.err = err
+			return nil
+		}
+	}
+	return nil
+}
+
+// stringMember checks that a member is a string (or null).
+type stringMember struct{ err error }
+
+func (m *stringMember) UnmarshalJSON(data []byte) error {
+	var s string
+	m.err = josejson.Unmarshal(data, &s)
+	return nil
 }
 
 // errNotJWKS and errHTML are the parse failures of a whole document.
@@ -216,24 +299,36 @@ var (
 // error only when it is not a JWKS at all (errNotJWKS, errHTML, a JSON
 // error) or holds no usable key (the returned set then carries the skip
 // reasons, and the error wraps ErrNoKeys).
+//
+// The work is bounded by the document's size, not by its number of
+// entries: only the first maxKeysPerSet entries are decoded; the entries
+// after them are found by one scan and skipped as too_many_keys, and only
+// the first maxSkippedKeys skipped keys are recorded, with their kid.
 func parseKeySet(raw []byte) (*keySet, error) {
 	trimmed := bytes.TrimLeft(raw, " \t\r\n\ufeff")
 	if len(trimmed) > 0 && trimmed[0] == '<' {
 		return nil, errHTML
 	}
-	var doc struct {
-		Keys *[]json.RawMessage `json:"keys"`
-	}
-	if err := json.Unmarshal(raw, &doc); err != nil {
+	// The whole document must be valid JSON, as when encoding/json
+	// decoded it; keysArray and nextElement only scan valid JSON.
+	if !json.Valid(raw) {
+		// Unmarshal checks the same way first, and says where it fails.
+		err := json.Unmarshal(raw, new(struct{}))
 		return nil, fmt.Errorf("%w: %v", errNotJWKS, err)
 	}
-	if doc.Keys == nil {
+	array := keysArray(raw)
+	if array == nil {
 		return nil, errNotJWKS
 	}
 	ks := &keySet{}
-	for i, rk := range *doc.Keys {
-		if i >= maxKeysPerSet {
-			ks.skipped = append(ks.skipped, SkippedKey{KID: kidOf(rk), Index: i, Reason: SkipTooManyKeys})
+	entries := 0
+	for rest := array[1:]; ; entries++ {
+		var rk []byte
+		if rk, rest = nextElement(rest); rk == nil {
+			break
+		}
+		if entries >= maxKeysPerSet {
+			ks.skip(rk, entries, SkipTooManyKeys)
 			continue
 		}
 		tk, reason := parseKey(rk)
@@ -241,7 +336,7 @@ func parseKeySet(raw []byte) (*keySet, error) {
 			reason = SkipDuplicate
 		}
 		if reason != "" {
-			ks.skipped = append(ks.skipped, SkippedKey{KID: kidOf(rk), Index: i, Reason: reason})
+			ks.skip(rk, entries, reason)
 			continue
 		}
 		ks.keys = append(ks.keys, tk)
@@ -260,26 +355,164 @@ func parseKeySet(raw []byte) (*keySet, error) {
 	}
 	if len(ks.keys) == 0 {
 		return ks, fmt.Errorf("%w: %d keys in the document, none usable for signature verification%s",
-			ErrNoKeys, len(*doc.Keys), ks.skipSummary())
+			ErrNoKeys, entries, capText(ks.skipSummary()))
 	}
 	return ks, nil
 }
 
+// skip records the skipped entry rk at index, or only counts it once
+// maxSkippedKeys are recorded.
+func (ks *keySet) skip(rk []byte, index int, reason string) {
+	if len(ks.skipped) >= maxSkippedKeys {
+		ks.skippedMore++
+		return
+	}
+	ks.skipped = append(ks.skipped, SkippedKey{KID: capTo(kidOf(rk), maxShownID), Index: index, Reason: reason})
+}
+
+// skipSummary names the first skipped keys and counts the rest, for the
+// error of a set without usable keys. Its length is bounded: the kids of
+// the records are already cut to maxShownID bytes of valid UTF-8.
 func (ks *keySet) skipSummary() string {
 	if len(ks.skipped) == 0 {
 		return ""
 	}
+	const named = 5
 	var b strings.Builder
 	b.WriteString(" (skipped:")
-	for i, s := range ks.skipped {
-		if i == 5 {
-			fmt.Fprintf(&b, " and %d more", len(ks.skipped)-i)
-			break
-		}
-		fmt.Fprintf(&b, " %q=%s", s.KID, s.Reason)
+	for _, s := range ks.skipped[:min(named, len(ks.skipped))] {
+		fmt.Fprintf(&b, " %s=%s", strconv.Quote(s.KID), s.Reason)
+	}
+	if more := len(ks.skipped) - min(named, len(ks.skipped)) + ks.skippedMore; more > 0 {
+		fmt.Fprintf(&b, " and %d more", more)
 	}
 	b.WriteString(")")
 	return b.String()
+}
+
+// keysArray returns the "keys" array of doc, which must be valid JSON, or
+// nil when doc is no object with a "keys" array. It reads the document as
+// encoding/json read it into a struct with a *[]json.RawMessage field
+// "keys" before issue 6: a member name matches by bytes.EqualFold after
+// unquoting (encoding/json's case-insensitive match), the last "keys"
+// member wins, and a "keys" member other than an array or null is an
+// error even when an array follows.
+func keysArray(doc []byte) []byte {
+	i := skipSpace(doc, 0)
+	if i >= len(doc) || doc[i] != '{' {
+		return nil
+	}
+	var keys []byte
+	for i = skipSpace(doc, i+1); i < len(doc) && doc[i] == '"'; {
+		end := stringEnd(doc, i)
+		name := doc[i:end]
+		i = skipSpace(doc, skipSpace(doc, end)+1) // past ':'
+		if i >= len(doc) {
+			return nil
+		}
+		vend := valueEnd(doc, i)
+		if isKeysName(name) {
+			switch doc[i] {
+			case '[':
+				keys = doc[i:vend]
+			case 'n':
+				keys = nil
+			default:
+				return nil
+			}
+		}
+		if i = skipSpace(doc, vend); i < len(doc) && doc[i] == ',' {
+			i = skipSpace(doc, i+1)
+		}
+	}
+	return keys
+}
+
+// isKeysName reports whether a member name, quoted as in the document,
+// matches "keys" as encoding/json matches a field name.
+func isKeysName(quoted []byte) bool {
+	if len(quoted) < 2 {
+		return false
+	}
+	if bytes.IndexByte(quoted, '\\') < 0 {
+		return bytes.EqualFold(quoted[1:len(quoted)-1], []byte("keys"))
+	}
+	var s string
+	return json.Unmarshal(quoted, &s) == nil && strings.EqualFold(s, "keys")
+}
+
+// nextElement splits the next element off rest, the unread part of a JSON
+// array after its '[' or after an element, and returns the element and what
+// follows it; the element is nil at the end of the array. The array must
+// be valid JSON (json.Valid checked the whole document): nextElement only
+// finds where an element ends, in one pass over its bytes and without
+// allocating, so that an entry past maxKeysPerSet costs a scan, not a
+// decode. On invalid input it still ends, never reading past rest.
+func nextElement(rest []byte) (elem, after []byte) {
+	i := skipSpace(rest, 0)
+	if i < len(rest) && rest[i] == ',' {
+		i = skipSpace(rest, i+1)
+	}
+	if i >= len(rest) || rest[i] == ']' {
+		return nil, nil
+	}
+	end := valueEnd(rest, i)
+	return rest[i:end], rest[end:]
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\r' || b[i] == '\n') {
+		i++
+	}
+	return i
+}
+
+// valueEnd returns the index just past the JSON value that starts at b[i],
+// at least i+1.
+func valueEnd(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		return stringEnd(b, i)
+	case '{', '[':
+	default: // a number, true, false or null
+		for i++; i < len(b); i++ {
+			switch b[i] {
+			case ',', ']', '}', ' ', '\t', '\r', '\n':
+				return i
+			}
+		}
+		return i
+	}
+	depth := 0
+	for i < len(b) {
+		switch b[i] {
+		case '"':
+			i = stringEnd(b, i)
+			continue
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth--; depth == 0 {
+				return i + 1
+			}
+		}
+		i++
+	}
+	return i
+}
+
+// stringEnd returns the index just past the JSON string that starts at
+// b[i] == '"'.
+func stringEnd(b []byte, i int) int {
+	for i++; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++ // the escaped byte; the hex digits of \uXXXX need no care
+		case '"':
+			return i + 1
+		}
+	}
+	return i
 }
 
 // isDuplicate reports whether tk repeats a key already in ks: same kid, same
@@ -301,22 +534,33 @@ func publicKeyEqual(a, b crypto.PublicKey) bool {
 	return false
 }
 
-func kidOf(rk json.RawMessage) string {
+// kidOf returns the kid of a JWK for its SkippedKey record, "" when the
+// entry is no object or its kid no string. A kid of another type is
+// skipped, not decoded: a megabyte array there costs a scan, not a
+// megabyte of Go values.
+func kidOf(rk []byte) string {
 	var h struct {
-		Kid any `json:"kid"`
+		Kid kidMember `json:"kid"`
 	}
 	if json.Unmarshal(rk, &h) != nil {
 		return ""
 	}
-	if s, ok := h.Kid.(string); ok {
-		return s
+	return h.Kid.s
+}
+
+type kidMember struct{ s string }
+
+func (k *kidMember) UnmarshalJSON(data []byte) error {
+	k.s = "" // a later kid member wins, whatever its type
+	if len(data) > 0 && data[0] == '"' {
+		return json.Unmarshal(data, &k.s)
 	}
-	return ""
+	return nil
 }
 
 // parseKey types one JWK. It returns the skip reason when the key is not
 // usable for signature verification.
-func parseKey(rk json.RawMessage) (*typedKey, string) {
+func parseKey(rk []byte) (*typedKey, string) {
 	// The header is read with go-jose's JSON decoder, the one that parses
 	// the key below: it matches member names case-sensitively and refuses
 	// duplicate members. encoding/json would read {"use":"enc","USE":"sig"}
@@ -367,12 +611,12 @@ func parseKey(rk json.RawMessage) (*typedKey, string) {
 		}
 		algs = bit
 	}
+	if h.encodingErr() != nil {
+		return nil, SkipEncoding
+	}
 	var jwk jose.JSONWebKey
 	if err := jwk.UnmarshalJSON(rk); err != nil {
-		switch {
-		case strings.Contains(err.Error(), "base64"):
-			return nil, SkipEncoding
-		case h.Kty == "RSA" && errors.Is(err, jose.ErrUnsupportedKeyType):
+		if h.Kty == "RSA" && errors.Is(err, jose.ErrUnsupportedKeyType) {
 			// go-jose refuses moduli over jose.MaxRSAModulusBits (4096
 			// unless the program raises it), before our own bound.
 			return nil, SkipRSASize
@@ -388,6 +632,13 @@ func parseKey(rk json.RawMessage) (*typedKey, string) {
 	case *rsa.PublicKey:
 		if bits := k.N.BitLen(); bits < 2048 || bits > 8192 {
 			return nil, SkipRSASize
+		}
+		// crypto/rsa refuses these keys when verifying (checkPublicKey in
+		// crypto/internal/fips140/rsa): an even modulus, and an exponent
+		// below 2, even, or over 2^31-1. go-jose refuses only exponents
+		// below 2 or over math.MaxInt. E < 3 is 1 or 2.
+		if k.N.Bit(0) == 0 || k.E < 3 || k.E%2 == 0 || k.E > 1<<31-1 {
+			return nil, SkipInvalid
 		}
 	case *ecdsa.PublicKey, ed25519.PublicKey:
 	default:

@@ -2,24 +2,29 @@ package jwkscache
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"math/big"
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"unicode/utf8"
 
 	jose "github.com/go-jose/go-jose/v4"
 )
@@ -559,6 +564,40 @@ func TestParseKeySetGenerated(t *testing.T) {
 			},
 		},
 		{
+			// Issue 6: the reason comes from typed checks of the members
+			// go-jose decodes, not from its error text.
+			name: "encoding of every member go-jose decodes",
+			doc: jwksDoc(t, jwkWith(rsaKey, "kid", "e", "e", "A*AB"), jwkWith(p256, "kid", "y", "y", "!!"),
+				jwkWith(p256, "kid", "pub", "pub", "!!"), jwkWith(p256, "kid", "x5t", "x5t", "!!"),
+				jwkWith(p256, "kid", "x5t#S256", "x5t#S256", "!!"), jwkWith(p256, "kid", "x5c", "x5c", []string{"!!"}),
+				jwkWith(p256, "kid", "x5c-url", "x5c", []string{"-_-_"}), // x5c is standard base64
+				jwkWith(rsaKey, "kid", "n-number", "n", 5), jwkWith(p256, "kid", "x5c-string", "x5c", "AAAA"),
+				jwkWith(p256, "kid", "x5u-number", "x5u", 5), p256),
+			kids: []string{"p256"},
+			skipped: []SkippedKey{
+				{KID: "e", Index: 0, Reason: SkipEncoding}, {KID: "y", Index: 1, Reason: SkipEncoding},
+				{KID: "pub", Index: 2, Reason: SkipEncoding}, {KID: "x5t", Index: 3, Reason: SkipEncoding},
+				{KID: "x5t#S256", Index: 4, Reason: SkipEncoding}, {KID: "x5c", Index: 5, Reason: SkipEncoding},
+				{KID: "x5c-url", Index: 6, Reason: SkipEncoding}, {KID: "n-number", Index: 7, Reason: SkipEncoding},
+				{KID: "x5c-string", Index: 8, Reason: SkipEncoding}, {KID: "x5u-number", Index: 9, Reason: SkipEncoding},
+			},
+		},
+		{
+			// Before issue 6 any go-jose error whose text held "base64" was
+			// invalid_encoding: an x5u that is no URL (and names base64)
+			// was one. Members still count as absent when null or "".
+			name: "not an encoding error",
+			doc: jwksDoc(t, jwkWith(p256, "kid", "x5u-base64", "x5u", "%zz-base64"), jwkWith(p256, "kid", "x5c-der", "x5c", []string{"AAAA"}),
+				jwkWith(rsaKey, "kid", "e-null", "e", json.RawMessage("null")), jwkWith(rsaKey, "kid", "e-empty", "e", ""),
+				jwkWith(p256, "kid", "enc-before", "use", "enc", "x", "!!"), jwkWith(p256, "kid", "x5t-null", "x5t", json.RawMessage("null"))),
+			kids: []string{"x5t-null"},
+			skipped: []SkippedKey{
+				{KID: "x5u-base64", Index: 0, Reason: SkipInvalid}, {KID: "x5c-der", Index: 1, Reason: SkipInvalid},
+				{KID: "e-null", Index: 2, Reason: SkipInvalid}, {KID: "e-empty", Index: 3, Reason: SkipInvalid},
+				{KID: "enc-before", Index: 4, Reason: SkipUse},
+			},
+		},
+		{
 			name: "member types and malformed entries",
 			doc:  jwksDoc(t, `{"kty":"EC","kid":5}`, `"a string"`, `12`, `[1]`, `null`, jwkWith(p256, "use", 1), p256),
 			kids: []string{"p256"},
@@ -907,6 +946,288 @@ func TestFindAllocs(t *testing.T) {
 			}
 		}); n != 0 {
 			t.Errorf("%s: find allocates %v times", file, n)
+		}
+	}
+}
+
+// TestRSAKeysRefusedByGo (issue 6): RSA keys that crypto/rsa refuses when
+// verifying are skipped as invalid_key at parse, so that they are never
+// handed out. Each case also checks that premise: verifying a (garbage)
+// signature fails with rsa.ErrVerification for a kept key, and with
+// another error, the key's refusal, for a skipped one.
+func TestRSAKeysRefusedByGo(t *testing.T) {
+	base := rsaModulusJWK(t, 2048, "")
+	n, err := base64.RawURLEncoding.DecodeString(base["n"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	even := new(big.Int).SetBytes(n)
+	even.SetBit(even, 0, 0)
+	exp := func(e *big.Int) string { return base64.RawURLEncoding.EncodeToString(e.Bytes()) }
+	pow2 := func(k uint, plus int64) *big.Int {
+		return new(big.Int).Add(new(big.Int).Lsh(big.NewInt(1), k), big.NewInt(plus))
+	}
+	tests := []struct {
+		name string
+		jwk  map[string]any
+		want string // skip reason, "" when kept
+	}{
+		{"e=65537", base, ""},
+		{"e=3", jwkWith(base, "e", exp(big.NewInt(3))), ""},
+		{"e=2^31-1", jwkWith(base, "e", exp(pow2(31, -1))), ""},
+		{"even modulus", jwkWith(base, "n", base64.RawURLEncoding.EncodeToString(even.Bytes())), SkipInvalid},
+		{"e=1", jwkWith(base, "e", exp(big.NewInt(1))), SkipInvalid}, // go-jose refuses it too
+		{"e=2", jwkWith(base, "e", exp(big.NewInt(2))), SkipInvalid},
+		{"e=4", jwkWith(base, "e", exp(big.NewInt(4))), SkipInvalid},
+		{"e=65536", jwkWith(base, "e", exp(big.NewInt(65536))), SkipInvalid},
+		{"e=2^31+1", jwkWith(base, "e", exp(pow2(31, 1))), SkipInvalid},
+		{"e=2^32+1", jwkWith(base, "e", exp(pow2(32, 1))), SkipInvalid},
+		{"e=2^62+1", jwkWith(base, "e", exp(pow2(62, 1))), SkipInvalid},
+		{"e=2^63+1", jwkWith(base, "e", exp(pow2(63, 1))), SkipInvalid}, // over int64: go-jose refuses it
+		{"e=2^64+1", jwkWith(base, "e", exp(pow2(64, 1))), SkipInvalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			k := genKeys(t)
+			ks, err := parseKeySet(jwksDoc(t, jwkWith(tt.jwk, "kid", tt.name), jwkMap(t, &k.p256a.PublicKey, "ec", "ES256", "sig")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want []SkippedKey
+			if tt.want != "" {
+				want = []SkippedKey{{KID: tt.name, Index: 0, Reason: tt.want}}
+			}
+			if !reflect.DeepEqual(ks.skipped, want) {
+				t.Errorf("skipped = %+v, want %+v", ks.skipped, want)
+			}
+			if got, _ := ks.lookupAlg(tt.name, "RS256"); (got != nil) != (tt.want == "") {
+				t.Errorf("lookupAlg(%q, RS256) = %v", tt.name, got)
+			}
+			checkKeySet(t, ks)
+
+			// The premise, for the exponents Go's int holds.
+			e := new(big.Int).SetBytes(mustB64(t, tt.jwk["e"].(string)))
+			if !e.IsInt64() {
+				return
+			}
+			pub := &rsa.PublicKey{N: new(big.Int).SetBytes(mustB64(t, tt.jwk["n"].(string))), E: int(e.Int64())}
+			digest := sha256.Sum256([]byte("payload"))
+			err = rsa.VerifyPKCS1v15(pub, crypto.SHA256, digest[:], make([]byte, pub.Size()))
+			if refused := !errors.Is(err, rsa.ErrVerification); refused != (tt.want != "") {
+				t.Errorf("crypto/rsa verifying with the key: %v; the parse skip reason is %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func mustB64(t testing.TB, s string) []byte {
+	t.Helper()
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// hundredKeysDoc is a document of maxKeysPerSet usable keys, 75 EC P-256
+// and 25 RSA-2048 ones, under distinct kids.
+func hundredKeysDoc(t testing.TB) []byte {
+	t.Helper()
+	k := genKeys(t)
+	entries := make([]any, 0, maxKeysPerSet)
+	for i := range maxKeysPerSet {
+		switch {
+		case i%4 == 3:
+			entries = append(entries, jwkMap(t, &k.rsa2048.PublicKey, fmt.Sprintf("rsa-%02d", i), "RS256", "sig"))
+		case i%2 == 0:
+			entries = append(entries, jwkMap(t, &k.p256a.PublicKey, fmt.Sprintf("ec-%02d", i), "ES256", "sig"))
+		default:
+			entries = append(entries, jwkMap(t, &k.p256b.PublicKey, fmt.Sprintf("ec-%02d", i), "ES256", "sig"))
+		}
+	}
+	return jwksDoc(t, entries...)
+}
+
+// allocatedBytes returns the fewest bytes f allocated in one of three runs
+// (the fewest, so that an allocation elsewhere in the process does not
+// count).
+func allocatedBytes(f func()) uint64 {
+	least := uint64(math.MaxUint64)
+	var before, after runtime.MemStats
+	for range 3 {
+		runtime.ReadMemStats(&before)
+		f()
+		runtime.ReadMemStats(&after)
+		least = min(least, after.TotalAlloc-before.TotalAlloc)
+	}
+	return least
+}
+
+// TestParseKeySetBoundedWork (issue 6): a document of one key followed by
+// {} entries up to the 1 MiB response cap (about 350,000 entries) allocates
+// no more than a few times a document of 100 usable keys. The entries past
+// maxKeysPerSet are scanned, not decoded, and only the first
+// maxSkippedKeys skipped keys are recorded; the rest are counted. Before,
+// it kept 350,000 records, 172 MB allocated per parse.
+func TestParseKeySetBoundedWork(t *testing.T) {
+	k := genKeys(t)
+	padded := paddedDoc(t, jwkMap(t, &k.p256a.PublicKey, "good", "ES256", "sig"), DefaultMaxResponseBytes)
+	hundred := hundredKeysDoc(t)
+	entries := 1 + bytes.Count(padded, []byte("{}"))
+
+	ks, err := parseKeySet(padded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := usableKIDs(ks); !slices.Equal(got, []string{"good"}) {
+		t.Errorf("usable kids = %q", got)
+	}
+	var want []SkippedKey
+	for i := 1; i < maxKeysPerSet; i++ {
+		want = append(want, SkippedKey{KID: "", Index: i, Reason: SkipKty})
+	}
+	want = append(want, SkippedKey{KID: "", Index: maxKeysPerSet, Reason: SkipTooManyKeys})
+	if !reflect.DeepEqual(ks.skipped, want) {
+		t.Errorf("%d records, first %+v, last %+v; want %d, the last at index %d", len(ks.skipped), ks.skipped[0], ks.skipped[len(ks.skipped)-1], len(want), maxKeysPerSet)
+	}
+	if want := entries - 1 - maxSkippedKeys; ks.skippedMore != want {
+		t.Errorf("skippedMore = %d, want %d (%d entries)", ks.skippedMore, want, entries)
+	}
+
+	parse := func(doc []byte) func() {
+		return func() {
+			if _, err := parseKeySet(doc); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// A bound in bytes rather than time: allocation is deterministic, and
+	// a per-entry cost of even 8 bytes would exceed it.
+	const factor = 4
+	paddedBytes, hundredBytes := allocatedBytes(parse(padded)), allocatedBytes(parse(hundred))
+	paddedAllocs, hundredAllocs := testing.AllocsPerRun(3, parse(padded)), testing.AllocsPerRun(3, parse(hundred))
+	t.Logf("1 MiB padded: %d B, %.0f allocs; 100 keys: %d B, %.0f allocs", paddedBytes, paddedAllocs, hundredBytes, hundredAllocs)
+	if paddedBytes > factor*hundredBytes {
+		t.Errorf("the 1 MiB padded document allocates %d bytes, over %d times the %d of 100 keys", paddedBytes, factor, hundredBytes)
+	}
+	if paddedAllocs > factor*hundredAllocs {
+		t.Errorf("the 1 MiB padded document allocates %.0f times, over %d times the %.0f of 100 keys", paddedAllocs, factor, hundredAllocs)
+	}
+}
+
+// TestSkippedTextBounded (issue 6): kids and error texts taken from a
+// document are bounded. Before, a kid of invalid UTF-8 was kept whole in
+// its record, each bad byte tripled into U+FFFD, and quoted in the error.
+func TestSkippedTextBounded(t *testing.T) {
+	hugeKIDs := []string{
+		strings.Repeat("\xff", 200<<10),       // invalid UTF-8
+		strings.Repeat("é", 100<<10),          // long, valid
+		"\xff\xfe" + strings.Repeat("a", 100), // cut after the replaced bytes
+		strings.Repeat(`\u0001`, 100),         // quoted as \x01, four bytes each
+	}
+	var entries []string
+	for i := range 300 {
+		kid := fmt.Sprintf("k%d", i)
+		if i < len(hugeKIDs) {
+			kid = hugeKIDs[i]
+		}
+		// Raw JSON: encoding/json would replace the invalid bytes.
+		entries = append(entries, `{"kty":"oct","k":"c2VjcmV0","kid":"`+kid+`"}`)
+	}
+	doc := []byte(`{"keys":[` + strings.Join(entries, ",") + `]}`)
+
+	ks, err := parseKeySet(doc)
+	if !errors.Is(err, ErrNoKeys) {
+		t.Fatalf("error = %.200v, want ErrNoKeys", err)
+	}
+	if len(ks.skipped) != maxSkippedKeys || ks.skippedMore != 300-maxSkippedKeys {
+		t.Errorf("%d records and %d more, want %d and %d", len(ks.skipped), ks.skippedMore, maxSkippedKeys, 300-maxSkippedKeys)
+	}
+	for i, s := range ks.skipped {
+		if !utf8.ValidString(s.KID) || len(s.KID) > maxShownID+len("…[9999999 more bytes]") {
+			t.Errorf("record %d: kid of %d bytes, valid UTF-8 %v: %.100q", i, len(s.KID), utf8.ValidString(s.KID), s.KID)
+		}
+	}
+	for i, kid := range hugeKIDs {
+		// What encoding/json reads, then cut visibly.
+		var dec string
+		if err := json.Unmarshal([]byte(`"`+kid+`"`), &dec); err != nil {
+			t.Fatal(err)
+		}
+		if got := ks.skipped[i].KID; got != capTo(dec, maxShownID) {
+			t.Errorf("record %d: kid %q, want %q", i, got, capTo(dec, maxShownID))
+		}
+	}
+	if !strings.HasSuffix(ks.skipped[0].KID, "more bytes]") {
+		t.Errorf("the cut is not visible: %q", ks.skipped[0].KID)
+	}
+	msg := err.Error()
+	if !utf8.ValidString(msg) || len(msg) > 2*maxErrorText {
+		t.Errorf("error text of %d bytes, valid UTF-8 %v: %.300q", len(msg), utf8.ValidString(msg), msg)
+	}
+	if !strings.Contains(msg, "300 keys in the document") || !strings.Contains(msg, "=symmetric_key") || !strings.Contains(msg, "and 295 more") {
+		t.Errorf("error = %q", msg)
+	}
+}
+
+// splitKeys returns the entries of doc's "keys" array as parseKeySet
+// finds them, and false when it finds no such array.
+func splitKeys(doc []byte) ([][]byte, bool) {
+	if !json.Valid(doc) {
+		return nil, false
+	}
+	array := keysArray(doc)
+	if array == nil {
+		return nil, false
+	}
+	out := [][]byte{}
+	for rest := array[1:]; ; {
+		var e []byte
+		if e, rest = nextElement(rest); e == nil {
+			return out, true
+		}
+		out = append(out, e)
+	}
+}
+
+// TestKeysArrayAsEncodingJSON: the scan finds the "keys" member and its
+// entries exactly as encoding/json did before issue 6 (a struct field of
+// type *[]json.RawMessage): case-insensitive names after unquoting, the
+// last member winning, and every kind of entry.
+func TestKeysArrayAsEncodingJSON(t *testing.T) {
+	docs := []string{
+		`{"keys":[]}`, `{"keys":[1]}`, `{"KEYS":[1]}`, `{"Keys":[1]}`, `{"\u006beys":[1]}`, `{"ke\u0079s":[1]}`,
+		`{"\u212aeys":[1]}`, "{\"\u212aeys\":[1]}", "{\"key\u017f\":[1]}", `{"keys ":[1]}`, `{"key":[1]}`, `{"kéys":[1]}`,
+		`{"keys":[1],"keys":[2,3]}`, `{"keys":[1],"KEYS":null}`, `{"keys":null,"keys":[1]}`, `{"keys":5,"keys":[1]}`,
+		`{"keys":[1],"keys":{}}`, `{"keys":"[1]"}`, `{"keys":null}`, `{"keys":true}`, `{"keys":{"keys":[1]}}`,
+		`{"a":{"keys":[9]},"b":["keys",[1]],"keys":[{"x":"]}\"[{,","y":[[],{}]},[[]],"\\",-1.5e3,true,false,null,{},"",0]}`,
+		" \r\n\t{ \"a\" : 1 , \"keys\" : [ 1 , { } , \"a\" , [ ] ] , \"b\" : [ ] } \n",
+		`{"keys":["\u0022]", "\\\"", "\\\\", "]]"]}`,
+		"{\"keys\":[\"\xff\xfe\",{\"kid\":\"\xff\"}]}",
+		`{}`, `[]`, `[{"keys":[1]}]`, `null`, `"keys"`, `1`, `{"a":1}`, ``, `{"keys":[1]`, `{"keys":[1,]}`, "\ufeff{\"keys\":[]}",
+	}
+	for _, doc := range docs {
+		var ref struct {
+			Keys *[]json.RawMessage `json:"keys"`
+		}
+		refOK := json.Unmarshal([]byte(doc), &ref) == nil && ref.Keys != nil
+		got, ok := splitKeys([]byte(doc))
+		if ok != refOK {
+			t.Errorf("%q: found keys %v, encoding/json %v", doc, ok, refOK)
+			continue
+		}
+		if !ok {
+			if ks, err := parseKeySet([]byte(doc)); ks != nil || !errors.Is(err, errNotJWKS) {
+				t.Errorf("%q: parseKeySet = %v, %v; want errNotJWKS", doc, ks, err)
+			}
+			continue
+		}
+		var want [][]byte
+		for _, e := range *ref.Keys {
+			want = append(want, e)
+		}
+		if !slices.EqualFunc(got, want, bytes.Equal) {
+			t.Errorf("%q: entries %q, encoding/json %q", doc, got, want)
 		}
 	}
 }
