@@ -35,7 +35,10 @@ type ProviderStatus struct {
 	LastModified   string       `json:"lastModified,omitempty"`
 	Keys           []KeyInfo    `json:"keys"`
 	SkippedKeys    []SkippedKey `json:"skippedKeys"`
-	DeniedKIDs     []string     `json:"deniedKids,omitempty"`
+	// SkippedKeysOmitted counts the skipped keys of the document beyond
+	// the first 100 recorded in SkippedKeys.
+	SkippedKeysOmitted int      `json:"skippedKeysOmitted,omitempty"`
+	DeniedKIDs         []string `json:"deniedKids,omitempty"`
 	// Hits and Misses count lookups answered from memory and not.
 	Hits   uint64 `json:"hits"`
 	Misses uint64 `json:"misses"`
@@ -106,6 +109,7 @@ func (p *provider) status() ProviderStatus {
 			st.Keys = append(st.Keys, info)
 		}
 		st.SkippedKeys = append(st.SkippedKeys, s.keys.skipped...)
+		st.SkippedKeysOmitted = s.keys.skippedMore
 	}
 	st.DeniedKIDs = p.deniedKIDs()
 	st.Hits = p.m.hits.load(p.slot)

@@ -3,7 +3,9 @@ package jwkscache
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/json"
 	"runtime"
+	"strings"
 	"testing"
 	"testing/synctest"
 
@@ -148,4 +150,31 @@ func bytes32(b byte) [32]byte {
 		out[i] = b
 	}
 	return out
+}
+
+// A document padded with junk entries keeps 100 skip records in Status and
+// counts the rest (issue 6, item 4).
+func TestStatusSkippedKeysBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		idp, keys := testidp.NewDefault()
+		good, err := json.Marshal(keys[1].Public)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b strings.Builder
+		b.WriteString(`{"keys":[`)
+		b.Write(good)
+		const junk = 5000
+		for range junk {
+			b.WriteString(`,{}`)
+		}
+		b.WriteString(`]}`)
+		idp.SetBody(testidp.DefaultPath, []byte(b.String()), "application/json")
+		m := mtManager(t, idp, Options{})
+		mtLoad(t, m, mtTenant, mtProvider, mtURL)
+		st := mtStatus(t, m, mtTenant, mtProvider)
+		if len(st.Keys) != 1 || len(st.SkippedKeys) != 100 || st.SkippedKeysOmitted != junk-100 {
+			t.Fatalf("status: %d keys, %d skipped recorded, %d omitted; want 1, 100, %d", len(st.Keys), len(st.SkippedKeys), st.SkippedKeysOmitted, junk-100)
+		}
+	})
 }
