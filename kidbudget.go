@@ -38,36 +38,51 @@ const (
 	kidRateLimited = "refresh rate-limited"
 )
 
+// kidState is a provider's unknown-kid budget and its counters, allocated
+// on the first unknown kid (most providers never see one). p.mu guards it.
+type kidState struct {
+	tokens   float64              // the provider's bucket
+	tokensAt time.Time            // last bucket update
+	negative map[string]time.Time // kid -> until; lazily allocated
+	// Outcomes, for Status and metrics.
+	refreshed, rateLimited, negativeHits uint64
+}
+
+// kidStateLocked returns p's kid state, allocating it. p.mu must be held.
+func (p *provider) kidStateLocked() *kidState {
+	if p.kid == nil {
+		p.kid = &kidState{tokens: kidBurst}
+	}
+	return p.kid
+}
+
 // allowKIDRefresh decides whether an unknown kid may trigger a refresh. It
 // returns "" when the refresh may go ahead, else why not.
 func (p *provider) allowKIDRefresh(kid string) string {
 	now := time.Now()
 	reg := p.registration()
 	p.mu.Lock()
-	if until, ok := p.negative[kid]; ok {
+	defer p.mu.Unlock()
+	ks := p.kidStateLocked()
+	if until, ok := ks.negative[kid]; ok {
 		if now.Before(until) {
-			p.mu.Unlock()
-			p.kidNegHit.Add(1)
+			ks.negativeHits++
 			return kidNegative
 		}
-		delete(p.negative, kid)
+		delete(ks.negative, kid)
 	}
 	// Refill the bucket: one token per NegativeCacheTTL, burst kidBurst.
-	if p.tokensAt.IsZero() {
-		p.tokens = kidBurst
-	} else {
-		p.tokens = min(kidBurst, p.tokens+float64(now.Sub(p.tokensAt))/float64(reg.NegativeCacheTTL))
+	if !ks.tokensAt.IsZero() {
+		ks.tokens = min(kidBurst, ks.tokens+float64(now.Sub(ks.tokensAt))/float64(reg.NegativeCacheTTL))
 	}
-	p.tokensAt = now
-	quiet := p.tokens >= kidBurst
-	if p.tokens < 1 || !p.m.kidBudget.take(now, quiet) {
-		p.mu.Unlock()
-		p.kidRateLimited.Add(1)
+	ks.tokensAt = now
+	quiet := ks.tokens >= kidBurst
+	if ks.tokens < 1 || !p.m.kidBudget.take(now, quiet) {
+		ks.rateLimited++
 		return kidRateLimited
 	}
-	p.tokens--
-	p.mu.Unlock()
-	p.kidRefreshed.Add(1)
+	ks.tokens--
+	ks.refreshed++
 	return ""
 }
 
@@ -77,28 +92,29 @@ func (p *provider) rememberMissing(kid string) {
 	until := now.Add(p.registration().NegativeCacheTTL)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.negative == nil {
-		p.negative = make(map[string]time.Time)
+	ks := p.kidStateLocked()
+	if ks.negative == nil {
+		ks.negative = make(map[string]time.Time)
 	}
-	if len(p.negative) >= maxNegativeKIDs {
-		for k, t := range p.negative {
+	if len(ks.negative) >= maxNegativeKIDs {
+		for k, t := range ks.negative {
 			if !t.After(now) {
-				delete(p.negative, k) // expired
+				delete(ks.negative, k) // expired
 			}
 		}
 	}
-	if len(p.negative) >= maxNegativeKIDs {
+	if len(ks.negative) >= maxNegativeKIDs {
 		// Evict the entry closest to expiry.
 		var victim string
 		var first time.Time
-		for k, t := range p.negative {
+		for k, t := range ks.negative {
 			if victim == "" || t.Before(first) {
 				victim, first = k, t
 			}
 		}
-		delete(p.negative, victim)
+		delete(ks.negative, victim)
 	}
-	p.negative[kid] = until
+	ks.negative[kid] = until
 }
 
 // kidBudget is the global cap of kid-driven refreshes: a shared token

@@ -13,15 +13,15 @@ import (
 // mu, except the scheduler's fields at the end, which scheduler.mu guards
 // (see Manager for the whole lock order).
 type provider struct {
-	m    *Manager
-	key  providerKey
-	id   uint64 // unique per registration of a pair: names its flights
-	slot uint32 // hit counter slot
+	m       *Manager
+	key     providerKey
+	id      uint64      // unique per registration of a pair: names its flights
+	slot    uint32      // hit counter slot
+	removed atomic.Bool // set once by Unregister or Close
 
-	cfg     atomic.Pointer[Registration]        // current registration, defaults applied
-	snap    atomic.Pointer[snapshot]            // keys served; nil when none
-	denied  atomic.Pointer[map[string]struct{}] // copy on write; nil when none
-	removed atomic.Bool                         // set once by Unregister or Close
+	cfg    atomic.Pointer[Registration]        // current registration, defaults applied
+	snap   atomic.Pointer[snapshot]            // keys served; nil when none
+	denied atomic.Pointer[map[string]struct{}] // copy on write; nil when none
 	// applied counts the refresh outcomes applied, bumped after the
 	// snapshot is stored: a caller that read it before deciding to fetch
 	// can tell that a fetch has completed since, and take that outcome.
@@ -32,37 +32,34 @@ type provider struct {
 	fetchSeq, okSeq atomic.Uint64
 
 	// Slow-path counters, read by Status (and the metrics Collector).
-	misses                                  atomic.Uint64
-	kidRefreshed, kidRateLimited, kidNegHit atomic.Uint64
-	refreshUpdated, refreshNotModified      atomic.Uint64
-	refreshErrors                           atomic.Uint64
-	eventsDropped                           atomic.Uint64
+	misses                             atomic.Uint64
+	refreshUpdated, refreshNotModified atomic.Uint64
+	refreshErrors                      atomic.Uint64
+	eventsDropped                      atomic.Uint64
 
 	mu         sync.Mutex // guards the fields below
 	gen        uint64     // bumped when Register changes the source: fetches begun before are void
-	inflight   bool       // a fetch is running; its apply reschedules p
+	errorCount int32      // consecutive failed fetches
 	state      State
-	errorCount int
-	lastErr    error
+	inflight   bool // a fetch is running; its apply reschedules p
 	// slow marks a provider whose latest fetch failed or took at least
 	// slowFetch, or that has never completed one (a first load). Slow
 	// providers may hold at most half of the refresh workers (see
 	// scheduler). Register leaves it alone, so re-registering cannot
 	// reset fairness.
 	slow        bool
+	lastErr     error
 	nextRefresh time.Time
-	jwksURL     string               // reg.JWKSURL, or the one discovered; "" before discovery
-	disc        *discoveryState      // nil unless the registration uses discovery
-	negative    map[string]time.Time // kid -> until; lazily allocated
-	tokens      float64              // unknown-kid bucket
-	tokensAt    time.Time            // last bucket update; zero before the first
+	jwksURL     string          // reg.JWKSURL, or the one discovered; "" before discovery
+	disc        *discoveryState // nil unless the registration uses discovery
+	kid         *kidState       // unknown-kid budget; nil until the first unknown kid
 
 	// Scheduler fields, guarded by scheduler.mu.
-	due         time.Time
-	heapIdx     int  // position in the timer heap; -1 when not in it
-	queued      bool // waiting in the workers' queue
-	slowWaiting bool // in line for a slow slot
-	slowGranted bool // handed a slow slot, not yet taken
+	due         int64 // when the timer goroutine looks at p next (scheduler.mono)
+	heapIdx     int32 // position in the timer heap; -1 when not in it
+	queued      bool  // waiting in the workers' queue
+	slowWaiting bool  // in line for a slow slot
+	slowGranted bool  // handed a slow slot, not yet taken
 }
 
 // discoveryState is what a provider remembers of its discovery document.

@@ -248,7 +248,7 @@ func (p *provider) apply(o *outcome) error {
 		p.slow = o.err != nil || o.took >= slowFetch
 		evs = p.applyLocked(o, now, evs)
 		p.m.sched.schedule(p, p.nextDueLocked())
-		errCount = p.errorCount
+		errCount = int(p.errorCount)
 		stale = o.err != nil && p.snap.Load() != nil
 		p.applied.Add(1)
 		return nil
@@ -289,7 +289,9 @@ func (p *provider) applyLocked(o *outcome, now time.Time, evs []Event) []Event {
 			ns = &snapshot{keys: doc.keys, doc: doc, url: o.url, issuer: issuer, validators: res.Validators, source: o.source}
 			ns.setTimes(res.Fresh, res.FetchedAt, o.reg.staleWindow())
 			o.result = resultUpdated
-			p.negative = nil
+			if p.kid != nil {
+				p.kid.negative = nil
+			}
 			evs = append(evs, Event{Kind: EventKeysChanged, TenantID: o.reg.TenantID, ProviderID: o.reg.ProviderID, Time: now, KIDs: kidsOf(res.Keys)})
 		}
 		if o.err == nil {
@@ -322,7 +324,7 @@ func (p *provider) applyLocked(o *outcome, now time.Time, evs []Event) []Event {
 		p.snap.Store(nil)
 		evs = p.setStateLocked(StateEmpty, evs)
 	}
-	p.nextRefresh = now.Add(failureBackoff(p.errorCount, o.err))
+	p.nextRefresh = now.Add(failureBackoff(int(p.errorCount), o.err))
 	return append(evs, Event{Kind: EventRefreshFailed, TenantID: o.reg.TenantID, ProviderID: o.reg.ProviderID, Time: now, Err: o.err})
 }
 

@@ -320,9 +320,8 @@ func TestRegressionNegativeCacheBound(t *testing.T) {
 		for i := range maxNegativeKIDs + 50 {
 			p.rememberMissing("live-" + itoa(i))
 		}
-		p.mu.Lock()
-		n, newest := len(p.negative), p.negative["live-"+itoa(maxNegativeKIDs+49)]
-		p.mu.Unlock()
+		neg := p.negativeKIDs()
+		n, newest := len(neg), neg["live-"+itoa(maxNegativeKIDs+49)]
 		if n != maxNegativeKIDs || newest.IsZero() {
 			t.Errorf("negative cache holds %d entries (newest kept: %v), want %d", n, !newest.IsZero(), maxNegativeKIDs)
 		}

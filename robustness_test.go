@@ -238,9 +238,7 @@ func TestRobustNegativeCacheSweepsExpired(t *testing.T) {
 		}
 		time.Sleep(DefaultNegativeCacheTTL + time.Second)
 		p.rememberMissing("fresh")
-		p.mu.Lock()
-		n := len(p.negative)
-		p.mu.Unlock()
+		n := len(p.negativeKIDs())
 		if n != 1 {
 			t.Errorf("negative cache holds %d entries after the old ones expired, want 1", n)
 		}

@@ -28,6 +28,7 @@ import (
 // released slot goes to the next in line.
 type scheduler struct {
 	m     *Manager
+	epoch time.Time     // due times count from here, on the monotonic clock
 	wake  chan struct{} // buffered(1): the earliest due time may have changed
 	ready chan struct{} // buffered(workers): the queue has work
 
@@ -42,21 +43,28 @@ type scheduler struct {
 func newScheduler(m *Manager, workers int) *scheduler {
 	return &scheduler{
 		m:       m,
+		epoch:   time.Now(),
 		wake:    make(chan struct{}, 1),
 		ready:   make(chan struct{}, workers),
 		maxSlow: max(1, workers/2),
 	}
 }
 
+// mono returns t as nanoseconds since s.epoch, on the monotonic clock when
+// t has a reading (times derived from time.Now do), so a wall-clock jump
+// moves no visit.
+func (s *scheduler) mono(t time.Time) int64 { return int64(t.Sub(s.epoch)) }
+
 // schedule sets (or moves) p's visit to at. Callers hold p.mu and have
 // checked that p is not removed, so a visit is rarely scheduled for a
 // provider that Unregister has taken out (and such a visit does nothing).
 func (s *scheduler) schedule(p *provider, at time.Time) {
 	s.mu.Lock()
-	first := len(s.h) == 0 || at.Before(s.h[0].due)
-	p.due = at
+	due := s.mono(at)
+	first := len(s.h) == 0 || due < s.h[0].due
+	p.due = due
 	if p.heapIdx >= 0 {
-		heap.Fix(&s.h, p.heapIdx)
+		heap.Fix(&s.h, int(p.heapIdx))
 	} else {
 		heap.Push(&s.h, p)
 	}
@@ -75,7 +83,7 @@ func (s *scheduler) remove(p *provider) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if p.heapIdx >= 0 {
-		heap.Remove(&s.h, p.heapIdx)
+		heap.Remove(&s.h, int(p.heapIdx))
 	}
 }
 
@@ -88,13 +96,13 @@ func (s *scheduler) run(ctx context.Context) {
 		now := time.Now()
 		wait := time.Duration(-1)
 		s.mu.Lock()
-		for len(s.h) > 0 && !s.h[0].due.After(now) {
+		for len(s.h) > 0 && s.h[0].due <= s.mono(now) {
 			if p, ok := heap.Pop(&s.h).(*provider); ok {
 				due = append(due, p)
 			}
 		}
 		if len(s.h) > 0 {
-			wait = s.h[0].due.Sub(now)
+			wait = time.Duration(s.h[0].due - s.mono(now))
 		}
 		s.mu.Unlock()
 		if len(due) > 0 {
@@ -313,15 +321,15 @@ func (s *scheduler) visit(p *provider) {
 type provHeap []*provider
 
 func (h provHeap) Len() int           { return len(h) }
-func (h provHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h provHeap) Less(i, j int) bool { return h[i].due < h[j].due }
 func (h provHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].heapIdx = i
-	h[j].heapIdx = j
+	h[i].heapIdx = int32(i)
+	h[j].heapIdx = int32(j)
 }
 func (h *provHeap) Push(x any) {
 	if p, ok := x.(*provider); ok {
-		p.heapIdx = len(*h)
+		p.heapIdx = int32(len(*h))
 		*h = append(*h, p)
 	}
 }

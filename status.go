@@ -81,7 +81,7 @@ func (p *provider) status() ProviderStatus {
 		JWKSURL:     p.jwksURL,
 		Issuer:      reg.Issuer,
 		State:       p.state,
-		ErrorCount:  p.errorCount,
+		ErrorCount:  int(p.errorCount),
 		NextRefresh: p.nextRefresh,
 	}
 	if p.lastErr != nil {

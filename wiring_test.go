@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"maps"
 	"runtime"
 	"strings"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/jwkscache/jwkscache/internal/testidp"
 )
@@ -177,4 +179,25 @@ func TestStatusSkippedKeysBounded(t *testing.T) {
 			t.Fatalf("status: %d keys, %d skipped recorded, %d omitted; want 1, 100, %d", len(st.Keys), len(st.SkippedKeys), st.SkippedKeysOmitted, junk-100)
 		}
 	})
+}
+
+// kidCounts returns p's unknown-kid outcomes, for tests.
+func (p *provider) kidCounts() (refreshed, rateLimited, negativeHits uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.kid == nil {
+		return 0, 0, 0
+	}
+	return p.kid.refreshed, p.kid.rateLimited, p.kid.negativeHits
+}
+
+// negativeKIDs returns a copy of p's negative cache, for tests.
+func (p *provider) negativeKIDs() map[string]time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string]time.Time{}
+	if p.kid != nil {
+		maps.Copy(out, p.kid.negative)
+	}
+	return out
 }
