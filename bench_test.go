@@ -165,7 +165,7 @@ func benchWarmup(b *testing.B, n int, useTLS, distinct bool) {
 	// Ready events are the signal; events can be dropped when the queue is
 	// full (see Options.OnEvent), so a slow poll of the snapshots backs
 	// them up.
-	poll := time.NewTicker(50 * time.Millisecond)
+	poll := time.NewTicker(250 * time.Millisecond)
 	defer poll.Stop()
 	for got := 0; got < n; {
 		select {

@@ -59,16 +59,21 @@ func (s *scheduler) mono(t time.Time) int64 { return int64(t.Sub(s.epoch)) }
 // checked that p is not removed, so a visit is rarely scheduled for a
 // provider that Unregister has taken out (and such a visit does nothing).
 func (s *scheduler) schedule(p *provider, at time.Time) {
-	s.mu.Lock()
 	due := s.mono(at)
-	first := len(s.h) == 0 || due < s.h[0].due
-	p.due = due
-	if p.heapIdx >= 0 {
-		heap.Fix(&s.h, int(p.heapIdx))
-	} else {
-		heap.Push(&s.h, p)
-	}
-	s.mu.Unlock()
+	first := func() bool {
+		// Unlocked by defer, so that even a panic here leaves the lock
+		// free for the recovery, which reschedules through this method.
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		first := len(s.h) == 0 || due < s.h[0].due
+		p.due = due
+		if p.heapIdx >= 0 {
+			heap.Fix(&s.h, int(p.heapIdx))
+		} else {
+			heap.Push(&s.h, p)
+		}
+		return first
+	}()
 	if first {
 		select {
 		case s.wake <- struct{}{}:
