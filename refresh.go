@@ -127,9 +127,10 @@ func (p *provider) flight(seen uint64, why flightReason) (err error) {
 	}
 	defer m.leave()
 	// A panic would be re-raised by singleflight where nothing can recover
-	// it. No lock is held here (every critical section below unlocks with
-	// defer), and the recovery takes none of p's: it reschedules through
-	// the scheduler alone.
+	// it. Every critical section of the flight (here, in doRefresh, apply
+	// and the scheduler) unlocks with defer, so when the recovery runs no
+	// lock is still held by the code that panicked, and recording the
+	// failure cannot deadlock.
 	defer func() {
 		if r := recover(); r != nil {
 			m.panics.Add(1)
@@ -138,10 +139,7 @@ func (p *provider) flight(seen uint64, why flightReason) (err error) {
 			m.logf(p, slog.LevelError, "jwkscache: panic during a refresh",
 				slog.String("tenant", p.key.tenant), slog.String("provider", p.key.provider),
 				slog.String("panic", pe.value), slog.String("stack", stackTrace()))
-			// The fetch did not finish: nobody else will reschedule p.
-			if !p.removed.Load() {
-				m.sched.schedule(p, time.Now().Add(failureBackoffMax))
-			}
+			p.failPanicked(pe)
 		}
 	}()
 	if seen != anyFetch && p.applied.Load() != seen {
@@ -152,6 +150,35 @@ func (p *provider) flight(seen uint64, why flightReason) (err error) {
 			return err
 		}
 	}
+}
+
+// failPanicked records a refresh that panicked as a failed one (class
+// panic): the keys, if any, stay; the next attempt comes after the longest
+// backoff, since retrying a bug at once would only repeat it.
+func (p *provider) failPanicked(pe *panicError) {
+	now := time.Now()
+	var evs []Event
+	func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.inflight = false
+		if p.removed.Load() {
+			return
+		}
+		p.refreshErrors.Add(1)
+		p.errorCount++
+		p.lastErr = pe
+		p.slow = true
+		p.nextRefresh = now.Add(failureBackoffMax)
+		st := StateReady
+		if p.snap.Load() == nil {
+			st = StateEmpty
+		}
+		evs = p.setStateLocked(st, evs)
+		p.m.sched.schedule(p, p.nextDueLocked())
+		p.applied.Add(1)
+	}()
+	p.emit(append(evs, Event{Kind: EventRefreshFailed, TenantID: p.key.tenant, ProviderID: p.key.provider, Time: now, Err: pe}))
 }
 
 // doRefresh performs one fetch (with OIDC discovery first when due) and

@@ -4,9 +4,14 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
 	"maps"
+	"net/http"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -200,4 +205,85 @@ func (p *provider) negativeKIDs() map[string]time.Time {
 		maps.Copy(out, p.kid.negative)
 	}
 	return out
+}
+
+// panicTransport panics on every request: a bug below the engine.
+type panicTransport struct{}
+
+func (panicTransport) RoundTrip(*http.Request) (*http.Response, error) { panic("transport bug") }
+
+// A refresh that panics fails with its own class, shows in Status, is
+// logged with its stack, is retried after the longest backoff, and leaves
+// the engine working (issue 6: panics get their own class, not network).
+func TestRefreshPanicIsRecordedAsPanic(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		idp, keys := testidp.NewDefault()
+		var logs strings.Builder
+		var mu sync.Mutex
+		h := slog.NewTextHandler(lockedWriter{&mu, &logs}, nil)
+		tr := &switchTransport{rt: idp}
+		m, err := New(Options{HTTPClient: &http.Client{Transport: tr}, Logger: slog.New(h)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		mtLoad(t, m, mtTenant, mtProvider, mtURL)
+		tr.set(panicTransport{})
+		err = m.Refresh(t.Context(), mtTenant, mtProvider)
+		var pe *panicError
+		if !errors.As(err, &pe) || errorClass(err) != ClassPanic || !KeysUnavailable(err) {
+			t.Fatalf("Refresh = %v, want a panic error of class panic", err)
+		}
+		synctest.Wait()
+		st := mtStatus(t, m, mtTenant, mtProvider)
+		if st.LastErrorClass != string(ClassPanic) || st.ErrorCount != 1 || st.State != StateReady {
+			t.Errorf("status after the panic: class %q, %d errors, %v; want panic, 1, Ready", st.LastErrorClass, st.ErrorCount, st.State)
+		}
+		if got := st.NextRefresh.Sub(time.Now()); got != failureBackoffMax {
+			t.Errorf("next attempt in %v, want %v", got, failureBackoffMax)
+		}
+		mtMustKey(t, m, mtTenant, mtProvider, keys[0]) // keys still served
+		mu.Lock()
+		out := logs.String()
+		mu.Unlock()
+		if !strings.Contains(out, "panic during a refresh") || !strings.Contains(out, "goroutine") {
+			t.Errorf("log lacks the panic or its stack:\n%.500s", out)
+		}
+		// The IdP works again: the retry recovers.
+		tr.set(idp)
+		time.Sleep(failureBackoffMax)
+		synctest.Wait()
+		if st := mtStatus(t, m, mtTenant, mtProvider); st.ErrorCount != 0 {
+			t.Errorf("after the retry: %d errors (%s), want recovered", st.ErrorCount, st.LastError)
+		}
+	})
+}
+
+type switchTransport struct {
+	mu sync.Mutex
+	rt http.RoundTripper
+}
+
+func (s *switchTransport) set(rt http.RoundTripper) {
+	s.mu.Lock()
+	s.rt = rt
+	s.mu.Unlock()
+}
+
+func (s *switchTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	s.mu.Lock()
+	rt := s.rt
+	s.mu.Unlock()
+	return rt.RoundTrip(r)
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
 }
