@@ -10,8 +10,9 @@
 // A request without a valid token never reaches the wrapped handler. The
 // answer follows the precedence of jwkscache.KeysUnavailable:
 //
-//	no Authorization header               401, WWW-Authenticate: Bearer realm="..."
-//	malformed Authorization header        400, error="invalid_request"
+//	no Authorization header, or another
+//	  scheme (Basic, ...)                 401, WWW-Authenticate: Bearer realm="..."
+//	malformed Bearer header               400, error="invalid_request"
 //	token at fault (signature, kid, alg,
 //	  issuer, audience, expiry, tenant)   401, error="invalid_token"
 //	keys unavailable (IdP down and no
@@ -132,10 +133,12 @@ func (mw *Middleware) Wrap(next http.Handler) http.Handler {
 
 // Errors of the request itself (never carrying the token).
 var (
-	// ErrNoToken reports a request without an Authorization header.
+	// ErrNoToken reports a request without a bearer token: no
+	// Authorization header, or one of another scheme (RFC 6750, section
+	// 3.1: such a request gets a challenge without an error code).
 	ErrNoToken = errors.New("jwkshttp: no bearer token")
-	// ErrMalformedAuthorization reports an Authorization header that is
-	// not one "Bearer <token>".
+	// ErrMalformedAuthorization reports a Bearer Authorization header that
+	// is not one "Bearer <token>", or several Authorization headers.
 	ErrMalformedAuthorization = errors.New("jwkshttp: malformed Authorization header")
 )
 
@@ -186,9 +189,9 @@ func bearer(r *http.Request) (string, error) {
 	default:
 		return "", ErrMalformedAuthorization
 	}
-	scheme, tok, ok := strings.Cut(vals[0], " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return "", ErrMalformedAuthorization
+	scheme, tok, _ := strings.Cut(vals[0], " ")
+	if !strings.EqualFold(scheme, "Bearer") {
+		return "", ErrNoToken
 	}
 	tok = strings.TrimLeft(tok, " ")
 	if tok == "" || strings.ContainsAny(tok, " \t") {
