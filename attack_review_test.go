@@ -211,7 +211,6 @@ func TestAttack_DiscoveredURLUncappedInLogsAndErrors(t *testing.T) {
 	})
 }
 
-
 // applyLocked revives o.base when the stale window ran out while a
 // revalidation was in flight and the IdP answers 304. o.base carries the
 // issuer bound when the fetch began; update() could not rebind it, since
