@@ -102,7 +102,7 @@ func (e *FetchError) Error() string {
 	b.WriteByte('/')
 	b.WriteString(e.ProviderID)
 	b.WriteString(": fetch ")
-	b.WriteString(e.URL)
+	b.WriteString(capTo(e.URL, maxShownURL))
 	b.WriteString(": ")
 	b.WriteString(string(e.Class))
 	if e.StatusCode != 0 {
@@ -157,7 +157,7 @@ type ProviderError struct {
 func (e *ProviderError) Error() string {
 	s := "jwkscache: " + e.TenantID + "/" + e.ProviderID
 	if e.URL != "" {
-		s += " (" + e.URL + ")"
+		s += " (" + capTo(e.URL, maxShownURL) + ")"
 	}
 	if e.Op != "" {
 		s += ": " + e.Op

@@ -667,7 +667,7 @@ func (ks *keySet) lookup(kid string) (*typedKey, error) {
 	if len(cands) == 0 {
 		return nil, ErrKeyNotFound
 	}
-	return nil, fmt.Errorf("%w: kid %q names %d keys; the token's algorithm tells them apart (use Keyfunc)", ErrKeyNotFound, kid, len(cands))
+	return nil, fmt.Errorf("%w: kid %s names %d keys; the token's algorithm tells them apart (use Keyfunc)", ErrKeyNotFound, showID(kid), len(cands))
 }
 
 // lookupAlg returns the key for a token header's kid and alg. With a kid, the
@@ -678,7 +678,7 @@ func (ks *keySet) lookup(kid string) (*typedKey, error) {
 func (ks *keySet) lookupAlg(kid, alg string) (*typedKey, error) {
 	bit := algBit(alg)
 	if bit == 0 {
-		return nil, fmt.Errorf("%w: unsupported algorithm %q", ErrKeyNotFound, alg)
+		return nil, fmt.Errorf("%w: unsupported algorithm %s", ErrKeyNotFound, showID(alg))
 	}
 	var found *typedKey
 	n := 0
@@ -703,9 +703,9 @@ func (ks *keySet) lookupAlg(kid, alg string) (*typedKey, error) {
 	case n > 1 && kid == "":
 		return nil, fmt.Errorf("%w: token has no kid and %d keys may verify %s", ErrKeyNotFound, n, alg)
 	case n > 1:
-		return nil, fmt.Errorf("%w: kid %q names %d keys that may verify %s", ErrKeyNotFound, kid, n, alg)
+		return nil, fmt.Errorf("%w: kid %s names %d keys that may verify %s", ErrKeyNotFound, showID(kid), n, alg)
 	case kidSeen && kid != "":
-		return nil, fmt.Errorf("%w: key %q may not verify %s", ErrKeyNotFound, kid, alg)
+		return nil, fmt.Errorf("%w: key %s may not verify %s", ErrKeyNotFound, showID(kid), alg)
 	}
 	return nil, ErrKeyNotFound
 }

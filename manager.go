@@ -38,11 +38,11 @@ type Manager struct {
 	notify    *notifier
 	fetcher   *fetcher
 	providers *registry
-	hits      hitCounter
+	hits      *hitCounter // its own allocation: runtime cleanups reach it, not the Manager
 	sched     *scheduler
 
 	kidBudget kidBudget
-	docs      documents
+	docs      *documents // likewise
 	panics    atomic.Uint64
 	// flights shares one fetch per provider among every caller: the
 	// scheduler, lookups of a cold provider or an unknown kid, Refresh. One
@@ -72,6 +72,8 @@ func New(opts Options) (*Manager, error) {
 		opts:      opts,
 		fetcher:   newFetcher(opts),
 		providers: newRegistry(),
+		hits:      new(hitCounter),
+		docs:      new(documents),
 	}
 	m.notify = newNotifier(opts.OnEvent, opts.Logger, &m.panics)
 	m.kidBudget.rate = float64(opts.MaxUnknownKIDRefreshes)
@@ -134,7 +136,7 @@ func (m *Manager) Close() error {
 	select {
 	case <-done:
 	case <-t.C:
-		m.notify.close(t.C)
+		m.notify.close(nil) // past the deadline: do not wait
 		return fmt.Errorf("jwkscache: close: background fetches still running after %v", closeTimeout)
 	}
 	m.notify.close(t.C)
@@ -234,6 +236,9 @@ func (m *Manager) update(p *provider, r *Registration, now time.Time) {
 	switch {
 	case sourceChanged(old, r):
 		p.gen++ // a fetch in flight from the old source is void
+		// The new source's first load counts as slow until it has shown
+		// otherwise (fairness: first loads included).
+		p.slow = true
 		p.jwksURL = r.JWKSURL
 		p.disc = nil
 		p.nextRefresh = now
@@ -301,8 +306,10 @@ func (m *Manager) Unregister(ctx context.Context, tenant, providerID string) err
 // Keyfunc, which tells them apart by the token's alg.
 //
 // The returned key shares its public key value (and certificates) with the
-// cache, so that the lookup allocates nothing: treat it as read-only.
-// Resolve returns copies.
+// cache, so that the lookup allocates nothing: treat it as read-only. The
+// cache keeps one copy of a document that several providers serve (tenants
+// of one IdP), so a caller that modified a returned key would corrupt it
+// for every one of them. Resolve returns copies.
 func (m *Manager) Key(ctx context.Context, tenant, providerID, kid string) (jose.JSONWebKey, error) {
 	if p := m.providers.get(tenant, providerID); p != nil {
 		if s := p.snap.Load(); s != nil {

@@ -37,10 +37,13 @@ type notifier struct {
 
 	ch      chan notice
 	dropped atomic.Uint64 // items dropped because the queue was full
-	busy    atomic.Bool   // the goroutine is running user code
 	stop    chan struct{}
 	done    chan struct{}
 	once    sync.Once
+
+	mu      sync.Mutex // guards stopped and busy; never held while user code runs
+	stopped bool
+	busy    bool // the goroutine is running user code
 }
 
 func newNotifier(onEvent func(Event), log *slog.Logger, panics *atomic.Uint64) *notifier {
@@ -102,18 +105,30 @@ func (n *notifier) run() {
 	for {
 		select {
 		case it := <-n.ch:
-			select {
-			case <-n.stop:
+			if !n.enter() {
 				return // closed meanwhile: deliver nothing more
-			default:
 			}
-			n.busy.Store(true)
 			n.deliver(it)
-			n.busy.Store(false)
+			n.mu.Lock()
+			n.busy = false
+			n.mu.Unlock()
 		case <-n.stop:
 			return
 		}
 	}
+}
+
+// enter marks the goroutine busy for one delivery, unless close has been
+// called: close then either sees it busy (and does not wait) or knows it
+// will deliver nothing more.
+func (n *notifier) enter() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.stopped {
+		return false
+	}
+	n.busy = true
+	return true
 }
 
 // deliver runs user code for one item. A panic is recovered, counted and
@@ -122,8 +137,8 @@ func (n *notifier) deliver(it notice) {
 	defer func() {
 		if r := recover(); r != nil {
 			n.panics.Add(1)
-			if it.isRec {
-				return // the handler itself panicked: do not call it again
+			if it.isRec || n.handler == nil {
+				return // the handler itself panicked, or there is none to log to
 			}
 			rec := slog.NewRecord(time.Now(), slog.LevelError, "jwkscache: panic in OnEvent", 0)
 			rec.AddAttrs(slog.String("tenant", it.ev.TenantID), slog.String("provider", it.ev.ProviderID),
@@ -143,14 +158,22 @@ func (n *notifier) deliver(it notice) {
 }
 
 // close stops the goroutine: it delivers nothing more. Close waits for it
-// to exit (until deadline) unless it is running user code: a callback that
-// does not return keeps the goroutine until it does, and Close does not
-// wait for it.
+// to exit (until deadline; not at all when deadline is nil) unless it is
+// running user code: a callback that does not return keeps the goroutine
+// until it does, and Close does not wait for it.
 func (n *notifier) close(deadline <-chan time.Time) bool {
 	n.once.Do(func() { close(n.stop) })
-	if n.busy.Load() {
+	n.mu.Lock()
+	n.stopped = true
+	busy := n.busy
+	n.mu.Unlock()
+	if busy {
 		return false
 	}
+	if deadline == nil {
+		return false
+	}
+	// Not in user code, and it will not enter any: it exits at once.
 	select {
 	case <-n.done:
 		return true

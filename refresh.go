@@ -145,12 +145,26 @@ func (p *provider) flight(seen uint64, why flightReason) (err error) {
 	if seen != anyFetch && p.applied.Load() != seen {
 		return p.lastError() // a fetch completed since the caller looked
 	}
-	for {
+	// Fetch again for the current registration when Register changed the
+	// source meanwhile, so the callers get its answer; but a registration
+	// that keeps changing must not hold a worker for ever, past the
+	// scheduler's fairness: after a few tries the flight gives up, and the
+	// scheduler takes the provider up again under its rules.
+	for range maxSupersededTries {
 		if err := p.doRefresh(why); !errors.Is(err, errSuperseded) {
 			return err
 		}
 	}
+	return errSupersededRepeatedly
 }
+
+// maxSupersededTries bounds the fetches of one flight whose registration
+// changed while they ran.
+const maxSupersededTries = 3
+
+// errSupersededRepeatedly is a flight's error when the registration changed
+// during each of its fetches.
+var errSupersededRepeatedly = errors.New("jwkscache: the registration changed during each fetch; try again")
 
 // failPanicked records a refresh that panicked as a failed one (class
 // panic): the keys, if any, stay; the next attempt comes after the longest
@@ -269,7 +283,11 @@ func (p *provider) apply(o *outcome) error {
 			return ErrNotRegistered
 		}
 		if p.gen != o.gen {
-			// Registered anew while this fetch ran: its result is void.
+			// Registered anew while this fetch ran: its result is void,
+			// but what it cost still counts for fairness.
+			if o.err != nil || o.took >= slowFetch {
+				p.slow = true
+			}
 			return errSuperseded
 		}
 		p.slow = o.err != nil || o.took >= slowFetch
@@ -306,6 +324,11 @@ func (p *provider) applyLocked(o *outcome, now time.Time, evs []Event) []Event {
 		switch {
 		case old != nil && (res.NotModified || old.url == o.url && old.doc.hash == res.Hash):
 			ns = old.renewed(res.Validators, res.Fresh, res.FetchedAt, o.reg.staleWindow(), o.source)
+			// The current source (p.gen == o.gen) confirmed these keys: they
+			// now answer for the current issuer, not the one they were
+			// first loaded under (a source change that kept the URL, or a
+			// revalidation that outlived the stale window).
+			ns.issuer = issuer
 			o.result = resultNotModified
 		case res.NotModified:
 			// A 304 with nothing to renew cannot happen: validators are
@@ -363,7 +386,7 @@ func (p *provider) logOutcome(o *outcome, errCount int, stale bool) {
 	}
 	base := []slog.Attr{
 		slog.String("tenant", o.reg.TenantID), slog.String("provider", o.reg.ProviderID),
-		slog.String("url", o.url), slog.String("reason", o.reason.String()),
+		slog.String("url", capText(o.url)), slog.String("reason", o.reason.String()),
 	}
 	switch o.result {
 	case resultError:
@@ -377,17 +400,20 @@ func (p *provider) logOutcome(o *outcome, errCount int, stale bool) {
 	}
 }
 
-// capKIDs returns kids fit for a log attribute: each shown capped, and at
-// most 20 of them.
+// capKIDs returns kids fit for a log attribute: each shown capped, and no
+// more than fit in maxErrorText bytes together; a last entry says how many
+// were left out.
 func capKIDs(kids []string) []string {
-	const most = 20
-	out := make([]string, 0, min(len(kids), most+1))
+	out := make([]string, 0, min(len(kids), 21))
+	total := 0
 	for i, k := range kids {
-		if i == most {
-			out = append(out, fmt.Sprintf("…and %d more", len(kids)-most))
+		k = capTo(k, maxShownID)
+		if total+len(k) > maxErrorText-32 {
+			out = append(out, fmt.Sprintf("…and %d more", len(kids)-i))
 			break
 		}
-		out = append(out, capTo(k, maxShownID))
+		total += len(k) + 3 // quotes and separator, as a log handler prints them
+		out = append(out, k)
 	}
 	return out
 }

@@ -152,10 +152,12 @@ func TestKeyfuncContextEndsWaits(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		idp, keys := testidp.NewDefault()
 		m := tkManager(t, idp)
+		// The IdP hangs from the start, so the background first load that
+		// Register starts hangs too, and the lookups below join it.
+		idp.SetFault(testidp.DefaultPath, testidp.Fault{Delay: time.Hour})
 		if err := m.Register(t.Context(), jwkscache.Registration{TenantID: "acme", ProviderID: "idp", JWKSURL: "https://idp.test" + testidp.DefaultPath}); err != nil {
 			t.Fatal(err)
 		}
-		idp.SetFault(testidp.DefaultPath, testidp.Fault{Delay: time.Hour})
 		raw := keys[1].Sign(kfClaims())
 		for _, c := range []struct {
 			name   string
