@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"net/url"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -627,6 +629,44 @@ type retryPolicyJSON struct {
 	Jitter         Jitter       `json:"jitter,omitempty"`
 }
 
+// blameMember returns "name: " for the first member of the registration
+// object raw (retryPolicy's members included, as "retryPolicy.name") whose
+// value does not decode on its own, so that an error from a value's own
+// decoder (an ISO-8601 duration, say) names its member; "" when none is
+// found. It runs only on the error path.
+func blameMember(raw []byte) string {
+	var top map[string]json.RawMessage
+	if json.Unmarshal(raw, &top) != nil {
+		return ""
+	}
+	names := make([]string, 0, len(top))
+	for name := range top {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		var one registrationJSON
+		member, _ := json.Marshal(map[string]json.RawMessage{name: top[name]})
+		if json.Unmarshal(member, &one) == nil {
+			continue
+		}
+		if name == "retryPolicy" {
+			var inner map[string]json.RawMessage
+			if json.Unmarshal(top[name], &inner) == nil {
+				for _, in := range slices.Sorted(maps.Keys(inner)) {
+					var rp retryPolicyJSON
+					m, _ := json.Marshal(map[string]json.RawMessage{in: inner[in]})
+					if json.Unmarshal(m, &rp) != nil {
+						return "retryPolicy." + in + ": "
+					}
+				}
+			}
+		}
+		return name + ": "
+	}
+	return ""
+}
+
 // isoDuration is a duration written as an ISO-8601 string in JSON.
 type isoDuration time.Duration
 
@@ -743,7 +783,7 @@ func (r *Registration) UnmarshalJSON(b []byte) error {
 	// Redundant after checkMemberNames; kept as a second line of defence.
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&w); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalidRegistration, err)
+		return fmt.Errorf("%w: %s%v", ErrInvalidRegistration, blameMember(raw), err)
 	}
 	out := Registration{
 		TenantID: w.TenantID, ProviderID: w.ProviderID, JWKSURL: w.JWKSURL, Issuer: w.Issuer,

@@ -705,3 +705,20 @@ func TestRegistrationJSONExactNames(t *testing.T) {
 		}
 	})
 }
+
+// A value that does not decode names its member, nested ones with their
+// path, so a config file's author knows which line to fix.
+func TestRegistrationJSONErrorNamesMember(t *testing.T) {
+	for _, c := range []struct{ doc, want string }{
+		{`{"tenantId":"a","providerId":"b","staleWhileError":"1h"}`, "staleWhileError: "},
+		{`{"tenantId":"a","providerId":"b","minTtl":30}`, "minTtl: "},
+		{`{"tenantId":"a","providerId":"b","retryPolicy":{"maxRetries":2,"deadline":"8s"}}`, "retryPolicy.deadline: "},
+		{`{"tenantId":"a","providerId":"b","maxRedirects":"three"}`, "maxRedirects: "},
+	} {
+		var r Registration
+		err := json.Unmarshal([]byte(c.doc), &r)
+		if !errors.Is(err, ErrInvalidRegistration) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an ErrInvalidRegistration naming %q", c.doc, err, c.want)
+		}
+	}
+}
