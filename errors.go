@@ -202,7 +202,13 @@ type OptionsError struct {
 func (e *OptionsError) Error() string {
 	var b strings.Builder
 	b.WriteString("jwkscache: invalid options: ")
-	for i, f := range e.Fields {
+	writeFields(&b, e.Fields)
+	return b.String()
+}
+
+// writeFields writes "field: message; field: message".
+func writeFields(b *strings.Builder, fields []FieldError) {
+	for i, f := range fields {
 		if i > 0 {
 			b.WriteString("; ")
 		}
@@ -210,7 +216,6 @@ func (e *OptionsError) Error() string {
 		b.WriteString(": ")
 		b.WriteString(f.Message)
 	}
-	return b.String()
 }
 
 // Is matches ErrInvalidOptions.

@@ -219,14 +219,7 @@ func (e *RegistrationError) Error() string {
 	b.WriteByte('/')
 	b.WriteString(e.ProviderID)
 	b.WriteString(": ")
-	for i, f := range e.Fields {
-		if i > 0 {
-			b.WriteString("; ")
-		}
-		b.WriteString(f.Field)
-		b.WriteString(": ")
-		b.WriteString(f.Message)
-	}
+	writeFields(&b, e.Fields)
 	return b.String()
 }
 
