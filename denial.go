@@ -15,10 +15,14 @@ func (p *provider) isDenied(kid string) bool {
 	return false
 }
 
-// setDenied adds or removes kid from the denied set.
-func (p *provider) setDenied(kid string, deny bool) {
+// setDenied adds or removes kid from the denied set and reports whether
+// that changed it.
+func (p *provider) setDenied(kid string, deny bool) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.isDenied(kid) == deny {
+		return false
+	}
 	next := make(map[string]struct{})
 	if d := p.denied.Load(); d != nil {
 		for k := range *d {
@@ -32,9 +36,10 @@ func (p *provider) setDenied(kid string, deny bool) {
 	}
 	if len(next) == 0 {
 		p.denied.Store(nil)
-		return
+		return true
 	}
 	p.denied.Store(&next)
+	return true
 }
 
 // deniedKIDs returns the denied kids, sorted.

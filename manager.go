@@ -513,7 +513,11 @@ func (m *Manager) DenyKey(tenant, providerID, kid string) error {
 	if err != nil {
 		return err
 	}
-	p.setDenied(kid, true)
+	if p.setDenied(kid, true) {
+		ev := p.newEvent(EventKeyDenied, time.Now())
+		ev.KID = kid
+		p.emit([]Event{ev})
+	}
 	return nil
 }
 
@@ -523,7 +527,11 @@ func (m *Manager) AllowKey(tenant, providerID, kid string) error {
 	if err != nil {
 		return err
 	}
-	p.setDenied(kid, false)
+	if p.setDenied(kid, false) {
+		ev := p.newEvent(EventKeyAllowed, time.Now())
+		ev.KID = kid
+		p.emit([]Event{ev})
+	}
 	return nil
 }
 

@@ -1867,6 +1867,7 @@ func TestManagerEvents(t *testing.T) {
 			{kind: EventRefreshFailed},
 			state(StateReady, StateRefreshing),
 			state(StateRefreshing, StateReady),
+			{kind: EventRecovered},
 		})
 
 		// A rotation seen by a manual refresh.

@@ -1,6 +1,7 @@
 package jwkscache
 
 import (
+	"log/slog"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -47,12 +48,15 @@ type provider struct {
 	// providers may hold at most half of the refresh workers (see
 	// scheduler). Register leaves it alone, so re-registering cannot
 	// reset fairness.
-	slow        bool
-	lastErr     error
-	nextRefresh time.Time
-	jwksURL     string          // reg.JWKSURL, or the one discovered; "" before discovery
-	disc        *discoveryState // nil unless the registration uses discovery
-	kid         *kidState       // unknown-kid budget; nil until the first unknown kid
+	slow bool
+	// staleSignalled: EventStaleBegan was emitted for the keys served and
+	// EventStaleEnded not yet.
+	staleSignalled bool
+	lastErr        error
+	nextRefresh    time.Time
+	jwksURL        string          // reg.JWKSURL, or the one discovered; "" before discovery
+	disc           *discoveryState // nil unless the registration uses discovery
+	kid            *kidState       // unknown-kid budget; nil until the first unknown kid
 
 	// Scheduler fields, guarded by scheduler.mu.
 	due         int64 // when the timer goroutine looks at p next (scheduler.mono)
@@ -95,10 +99,25 @@ func (p *provider) setStateLocked(s State, evs []Event) []Event {
 // window has run out.
 func (p *provider) nextDueLocked() time.Time {
 	due := p.nextRefresh
-	if s := p.snap.Load(); s != nil && s.staleUntil.Before(due) {
-		due = s.staleUntil
+	if w := p.watchLocked(); !w.IsZero() && w.Before(due) {
+		due = w
 	}
 	return due
+}
+
+// watchLocked is when the keys served need the scheduler's look whatever
+// the refresh schedule: at their expiry, to signal stale serving (only
+// while that is not yet signalled and refreshes fail), and at the end of
+// their stale window, to withdraw them. Zero when no keys are served.
+func (p *provider) watchLocked() time.Time {
+	s := p.snap.Load()
+	if s == nil {
+		return time.Time{}
+	}
+	if !p.staleSignalled && p.errorCount > 0 && s.expiresAt.Before(s.staleUntil) {
+		return s.expiresAt
+	}
+	return s.staleUntil
 }
 
 // emit queues events for Options.OnEvent. Callers must not hold p.mu only
@@ -106,6 +125,31 @@ func (p *provider) nextDueLocked() time.Time {
 func (p *provider) emit(evs []Event) {
 	for _, ev := range evs {
 		p.m.notify.event(ev, &p.eventsDropped)
+		p.logEvent(ev)
+	}
+}
+
+// logEvent queues the log record of an event. Failed refreshes and key set
+// changes are logged by logOutcome, with the fetch's details.
+func (p *provider) logEvent(ev Event) {
+	if !p.m.notify.logs() {
+		return
+	}
+	attrs := []slog.Attr{slog.String("tenant", ev.TenantID), slog.String("provider", ev.ProviderID)}
+	switch ev.Kind {
+	case EventStateChanged:
+		p.m.logf(p, slog.LevelDebug, "jwks state changed", append(attrs,
+			slog.String("from", ev.From.String()), slog.String("to", ev.To.String()))...)
+	case EventStaleBegan:
+		p.m.logf(p, slog.LevelWarn, "jwks keys served stale: refreshes fail past expiry", attrs...)
+	case EventStaleEnded:
+		p.m.logf(p, slog.LevelInfo, "jwks stale serving ended", append(attrs, slog.Bool("withdrawn", ev.Withdrawn))...)
+	case EventRecovered:
+		p.m.logf(p, slog.LevelInfo, "jwks refresh recovered", append(attrs, slog.Int("failures", ev.Failures))...)
+	case EventKeyDenied:
+		p.m.logf(p, slog.LevelWarn, "jwks key denied", append(attrs, slog.String("kid", capTo(ev.KID, maxShownID)))...)
+	case EventKeyAllowed:
+		p.m.logf(p, slog.LevelInfo, "jwks key allowed again", append(attrs, slog.String("kid", capTo(ev.KID, maxShownID)))...)
 	}
 }
 

@@ -73,7 +73,10 @@ type outcome struct {
 	source snapshotSource
 	took   time.Duration
 
-	result refreshResult // set by apply
+	// Set by apply.
+	result         refreshResult
+	added, removed []string // kids, when the key set changed
+	recovered      int      // consecutive failures this success ended
 }
 
 // anyFetch, as the seen argument of await, asks for a fetch even if one
@@ -342,7 +345,15 @@ func (p *provider) applyLocked(o *outcome, now time.Time, evs []Event) []Event {
 			if p.kid != nil {
 				p.kid.negative = nil
 			}
-			evs = append(evs, Event{Kind: EventKeysChanged, TenantID: o.reg.TenantID, ProviderID: o.reg.ProviderID, Time: now, KIDs: kidsOf(res.Keys)})
+			ev := p.newEvent(EventKeysChanged, now)
+			ev.KIDs = kidsOf(res.Keys)
+			if old != nil {
+				ev.Added, ev.Removed = diffKIDs(kidsOf(old.keys), ev.KIDs)
+			} else {
+				ev.Added = ev.KIDs
+			}
+			o.added, o.removed = ev.Added, ev.Removed
+			evs = append(evs, ev)
 		}
 		if o.err == nil {
 			if o.disc != nil {
@@ -353,6 +364,9 @@ func (p *provider) applyLocked(o *outcome, now time.Time, evs []Event) []Event {
 			if o.seq > p.okSeq.Load() {
 				p.okSeq.Store(o.seq)
 			}
+			o.recovered = int(p.errorCount)
+			staleEnded := p.staleSignalled
+			p.staleSignalled = false
 			p.errorCount = 0
 			p.lastErr = nil
 			p.nextRefresh = res.FetchedAt.Add(refreshDelay(res.Fresh.TTL, o.reg.RefreshEarly, o.reg.jitterWindow(), rand.Int64N))
@@ -361,7 +375,16 @@ func (p *provider) applyLocked(o *outcome, now time.Time, evs []Event) []Event {
 			} else {
 				p.refreshNotModified.Add(1)
 			}
-			return p.setStateLocked(StateReady, evs)
+			evs = p.setStateLocked(StateReady, evs)
+			if o.recovered > 0 {
+				ev := p.newEvent(EventRecovered, now)
+				ev.Failures = o.recovered
+				evs = append(evs, ev)
+			}
+			if staleEnded {
+				evs = append(evs, p.newEvent(EventStaleEnded, now))
+			}
+			return evs
 		}
 	}
 	o.result = resultError
@@ -370,12 +393,36 @@ func (p *provider) applyLocked(o *outcome, now time.Time, evs []Event) []Event {
 	p.lastErr = o.err
 	if old != nil && now.Before(old.staleUntil) {
 		evs = p.setStateLocked(StateReady, evs)
+		evs = p.staleBeganLocked(old, now, evs)
 	} else {
 		p.snap.Store(nil)
 		evs = p.setStateLocked(StateEmpty, evs)
+		evs = p.staleEndedLocked(now, evs)
 	}
 	p.nextRefresh = now.Add(failureBackoff(int(p.errorCount), o.err))
-	return append(evs, Event{Kind: EventRefreshFailed, TenantID: o.reg.TenantID, ProviderID: o.reg.ProviderID, Time: now, Err: o.err})
+	ev := p.newEvent(EventRefreshFailed, now)
+	ev.Err, ev.Class = o.err, errorClass(o.err)
+	return append(evs, ev)
+}
+
+// staleBeganLocked signals, once, that s is served past its expiry.
+func (p *provider) staleBeganLocked(s *snapshot, now time.Time, evs []Event) []Event {
+	if p.staleSignalled || now.Before(s.expiresAt) {
+		return evs
+	}
+	p.staleSignalled = true
+	return append(evs, p.newEvent(EventStaleBegan, now))
+}
+
+// staleEndedLocked signals the end of stale serving by withdrawal.
+func (p *provider) staleEndedLocked(now time.Time, evs []Event) []Event {
+	if !p.staleSignalled {
+		return evs
+	}
+	p.staleSignalled = false
+	ev := p.newEvent(EventStaleEnded, now)
+	ev.Withdrawn = true
+	return append(evs, ev)
 }
 
 // logOutcome queues the log record of an applied outcome.
@@ -396,7 +443,8 @@ func (p *provider) logOutcome(o *outcome, errCount int, stale bool) {
 			slog.String("error", capText(o.err.Error())))...)
 	case resultUpdated:
 		m.logf(p, slog.LevelInfo, "jwks keys changed", append(base,
-			slog.Any("kids", capKIDs(kidsOf(o.res.Keys))), slog.Duration("took", o.took))...)
+			slog.Any("kids", capKIDs(kidsOf(o.res.Keys))), slog.Any("added", capKIDs(o.added)),
+			slog.Any("removed", capKIDs(o.removed)), slog.Duration("took", o.took))...)
 	}
 }
 

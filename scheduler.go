@@ -153,18 +153,22 @@ func (s *scheduler) expire(p *provider, now time.Time) (refresh bool) {
 		if sn := p.snap.Load(); sn != nil && !now.Before(sn.staleUntil) {
 			p.snap.Store(nil)
 			evs = p.setStateLocked(StateEmpty, evs)
+			evs = p.staleEndedLocked(now, evs)
 			if p.nextRefresh.After(now) && p.errorCount == 0 {
 				p.nextRefresh = now
 			}
+		} else if sn != nil && p.errorCount > 0 {
+			evs = p.staleBeganLocked(sn, now, evs)
 		}
 		refresh = !p.inflight && !now.Before(p.nextRefresh)
 		if !refresh && !p.inflight {
 			s.schedule(p, p.nextDueLocked())
 			return
 		}
-		// A refresh is pending or running: watch the stale window.
-		if sn := p.snap.Load(); sn != nil {
-			s.schedule(p, sn.staleUntil)
+		// A refresh is pending or running: watch the keys' expiry and stale
+		// window.
+		if w := p.watchLocked(); !w.IsZero() {
+			s.schedule(p, w)
 		}
 	}()
 	p.emit(evs)
@@ -281,7 +285,12 @@ func (s *scheduler) visit(p *provider) {
 				slog.String("tenant", p.key.tenant), slog.String("provider", p.key.provider),
 				slog.String("panic", capText(fmt.Sprint(r))), slog.String("stack", stackTrace()))
 			if !p.removed.Load() {
-				s.schedule(p, time.Now().Add(failureBackoffMax))
+				// Retry late, but never past the end of the stale window.
+				at := time.Now().Add(failureBackoffMax)
+				if sn := p.snap.Load(); sn != nil && sn.staleUntil.Before(at) {
+					at = sn.staleUntil
+				}
+				s.schedule(p, at)
 			}
 		}
 	}()
