@@ -44,6 +44,7 @@ type Manager struct {
 	kidBudget kidBudget
 	docs      *documents // likewise
 	panics    atomic.Uint64
+	collector *collector // registered on opts.Registerer; nil without one
 	// flights shares one fetch per provider among every caller: the
 	// scheduler, lookups of a cold provider or an unknown kid, Refresh. One
 	// group for all providers keeps its map small: entries live only while
@@ -75,10 +76,22 @@ func New(opts Options) (*Manager, error) {
 		hits:      new(hitCounter),
 		docs:      new(documents),
 	}
-	m.notify = newNotifier(opts.OnEvent, opts.Logger, &m.panics)
 	m.kidBudget.rate = float64(opts.MaxUnknownKIDRefreshes)
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.sched = newScheduler(m, opts.RefreshWorkers)
+	if opts.Registerer != nil {
+		// Before any goroutine starts, so that a refusal leaves nothing
+		// to stop. A scrape may come at once: the Manager is complete
+		// enough for Collect.
+		c := &collector{m: m}
+		if err := opts.Registerer.Register(c); err != nil {
+			m.cancel()
+			m.fetcher.close()
+			return nil, fmt.Errorf("jwkscache: register metrics: %w", err)
+		}
+		m.collector = c
+	}
+	m.notify = newNotifier(opts.OnEvent, opts.Logger, &m.panics)
 	m.wg.Add(1 + opts.RefreshWorkers)
 	go func() {
 		defer m.wg.Done()
@@ -121,6 +134,9 @@ func (m *Manager) Close() error {
 	}
 	m.closed.Store(true)
 	m.mu.Unlock()
+	if m.collector != nil {
+		m.opts.Registerer.Unregister(m.collector) // user code; no lock held
+	}
 	m.cancel()
 	for _, p := range m.providers.clear() {
 		p.removed.Store(true)
@@ -344,8 +360,14 @@ func (m *Manager) keyMiss(ctx context.Context, tenant, providerID, kid string) (
 // the snapshot it was found in (whose issuer binds the token), and counts
 // the lookup once: a hit when the key was already in memory, else a miss.
 func (m *Manager) keySlow(ctx context.Context, p *provider, kid, op string, find func(*keySet) (*typedKey, error)) (k *typedKey, found *snapshot, err error) {
-	waited := false
+	var (
+		waited    bool
+		waitStart time.Time
+	)
 	defer func() {
+		if waited {
+			p.recordWait(time.Since(waitStart))
+		}
 		if err == nil && !waited {
 			m.hits.inc(p.slot)
 			runtime.KeepAlive(p)
@@ -424,7 +446,9 @@ func (m *Manager) keySlow(ctx context.Context, p *provider, kid, op string, find
 			}
 		}
 		seq, fetchErr = p.fetchSeq.Load(), nil
-		waited = true
+		if !waited {
+			waited, waitStart = true, time.Now()
+		}
 		if err := p.await(ctx, seen, why); err != nil {
 			if errors.Is(err, ErrClosed) || ctx.Err() != nil {
 				return fail(err)
@@ -467,7 +491,9 @@ func (m *Manager) Resolve(ctx context.Context, tenant, providerID string) (_ *jo
 		if err := p.recentFailure(); err != nil {
 			return fail(&noKeysError{cause: err})
 		}
+		start := time.Now()
 		err := p.await(ctx, seen, reasonFirstLoad)
+		p.recordWait(time.Since(start))
 		if s = p.snap.Load(); s == nil {
 			if err == nil {
 				err = p.lastError()

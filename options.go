@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Options configures a Manager. The zero value is a safe production
@@ -69,6 +71,22 @@ type Options struct {
 	// per-provider bucket (see Registration.NegativeCacheTTL) applies first.
 	// Default: 50.
 	MaxUnknownKIDRefreshes int
+
+	// Registerer, when set, receives a Prometheus Collector of the
+	// Manager's metrics (see docs/operations.md#metrics): New registers it
+	// there, never on the global registry, and Close unregisters it. The
+	// Collector reads the engine's counters when scraped; lookups do no
+	// metric work. Two Managers on one registry need distinct constant
+	// labels: wrap it with prometheus.WrapRegistererWith. Default: nil, no
+	// metrics.
+	Registerer prometheus.Registerer
+
+	// MetricsProviderLimit bounds the per-provider series: with more
+	// providers registered, the series labelled by tenant and provider
+	// collapse into one per tenant (label provider=""), and with more
+	// tenants than the limit too, into one for all (tenant="" and
+	// provider=""). Default: 10,000.
+	MetricsProviderLimit int
 }
 
 // Option defaults.
@@ -82,6 +100,7 @@ func (o Options) withDefaults() Options {
 	o.AllowedAddresses = append([]netip.Prefix(nil), o.AllowedAddresses...)
 	setDefault(&o.RefreshWorkers, DefaultRefreshWorkers)
 	setDefault(&o.MaxUnknownKIDRefreshes, DefaultMaxUnknownKIDRefreshes)
+	setDefault(&o.MetricsProviderLimit, DefaultMetricsProviderLimit)
 	return o
 }
 
@@ -107,6 +126,9 @@ func (o *Options) validate() error {
 	}
 	if o.MaxUnknownKIDRefreshes < 0 {
 		bad("MaxUnknownKIDRefreshes", "must not be negative, got %d", o.MaxUnknownKIDRefreshes)
+	}
+	if o.MetricsProviderLimit < 0 {
+		bad("MetricsProviderLimit", "must not be negative, got %d", o.MetricsProviderLimit)
 	}
 	if len(e.Fields) > 0 {
 		return e

@@ -33,10 +33,8 @@ type provider struct {
 	fetchSeq, okSeq atomic.Uint64
 
 	// Slow-path counters, read by Status (and the metrics Collector).
-	misses                             atomic.Uint64
-	refreshUpdated, refreshNotModified atomic.Uint64
-	refreshErrors                      atomic.Uint64
-	eventsDropped                      atomic.Uint64
+	misses        atomic.Uint64
+	eventsDropped atomic.Uint64
 
 	mu         sync.Mutex // guards the fields below
 	gen        uint64     // bumped when Register changes the source: fetches begun before are void
@@ -57,6 +55,7 @@ type provider struct {
 	jwksURL        string          // reg.JWKSURL, or the one discovered; "" before discovery
 	disc           *discoveryState // nil unless the registration uses discovery
 	kid            *kidState       // unknown-kid budget; nil until the first unknown kid
+	met            *provMetrics    // refresh counters; nil until the first refresh outcome
 
 	// Scheduler fields, guarded by scheduler.mu.
 	due         int64 // when the timer goroutine looks at p next (scheduler.mono)
@@ -94,7 +93,8 @@ func (p *provider) setStateLocked(s State, evs []Event) []Event {
 }
 
 // nextDueLocked is when the scheduler must look at p next: the next
-// refresh, or the end of the snapshot's stale window if that comes first.
+// refresh, or the end of the snapshot's freshness or stale window if that
+// comes first.
 // Readers never check the clock; the scheduler withdraws keys whose stale
 // window has run out.
 func (p *provider) nextDueLocked() time.Time {
@@ -114,7 +114,9 @@ func (p *provider) watchLocked() time.Time {
 	if s == nil {
 		return time.Time{}
 	}
-	if !p.staleSignalled && p.errorCount > 0 && s.expiresAt.Before(s.staleUntil) {
+	// The end of freshness, once: to signal stale serving while refreshes
+	// fail, and to start counting stale lookups (see markStaleLocked).
+	if s.expiresAt.Before(s.staleUntil) && (!p.staleMarkedLocked() || !p.staleSignalled && p.errorCount > 0) {
 		return s.expiresAt
 	}
 	return s.staleUntil

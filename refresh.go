@@ -142,7 +142,7 @@ func (p *provider) flight(seen uint64, why flightReason) (err error) {
 			m.logf(p, slog.LevelError, "jwkscache: panic during a refresh",
 				slog.String("tenant", p.key.tenant), slog.String("provider", p.key.provider),
 				slog.String("panic", pe.value), slog.String("stack", stackTrace()))
-			p.failPanicked(pe)
+			p.failPanicked(pe, why)
 		}
 	}()
 	if seen != anyFetch && p.applied.Load() != seen {
@@ -172,7 +172,7 @@ var errSupersededRepeatedly = errors.New("jwkscache: the registration changed du
 // failPanicked records a refresh that panicked as a failed one (class
 // panic): the keys, if any, stay; the next attempt comes after the longest
 // backoff, since retrying a bug at once would only repeat it.
-func (p *provider) failPanicked(pe *panicError) {
+func (p *provider) failPanicked(pe *panicError, why flightReason) {
 	now := time.Now()
 	var evs []Event
 	func() {
@@ -182,7 +182,10 @@ func (p *provider) failPanicked(pe *panicError) {
 		if p.removed.Load() {
 			return
 		}
-		p.refreshErrors.Add(1)
+		if why == reasonScheduled && p.snap.Load() == nil {
+			why = reasonFirstLoad // as doRefresh would have named it
+		}
+		p.recordOutcomeLocked(&outcome{reason: why, result: resultError, err: pe})
 		p.errorCount++
 		p.lastErr = pe
 		p.slow = true
@@ -295,6 +298,7 @@ func (p *provider) apply(o *outcome) error {
 		}
 		p.slow = o.err != nil || o.took >= slowFetch
 		evs = p.applyLocked(o, now, evs)
+		p.recordOutcomeLocked(o)
 		p.m.sched.schedule(p, p.nextDueLocked())
 		errCount = int(p.errorCount)
 		stale = o.err != nil && p.snap.Load() != nil
@@ -342,6 +346,9 @@ func (p *provider) applyLocked(o *outcome, now time.Time, evs []Event) []Event {
 			ns = &snapshot{keys: doc.keys, doc: doc, url: o.url, issuer: issuer, validators: res.Validators, source: o.source}
 			ns.setTimes(res.Fresh, res.FetchedAt, o.reg.staleWindow())
 			o.result = resultUpdated
+			if old != nil {
+				p.recordRotationLocked(old.keys, doc.keys)
+			}
 			if p.kid != nil {
 				p.kid.negative = nil
 			}
@@ -361,6 +368,7 @@ func (p *provider) applyLocked(o *outcome, now time.Time, evs []Event) []Event {
 				p.disc = &discoveryState{val: o.disc.Validators, expires: o.disc.FetchedAt.Add(o.disc.Fresh.TTL)}
 			}
 			p.snap.Store(ns)
+			p.endStaleLocked()
 			if o.seq > p.okSeq.Load() {
 				p.okSeq.Store(o.seq)
 			}
@@ -370,11 +378,6 @@ func (p *provider) applyLocked(o *outcome, now time.Time, evs []Event) []Event {
 			p.errorCount = 0
 			p.lastErr = nil
 			p.nextRefresh = res.FetchedAt.Add(refreshDelay(res.Fresh.TTL, o.reg.RefreshEarly, o.reg.jitterWindow(), rand.Int64N))
-			if o.result == resultUpdated {
-				p.refreshUpdated.Add(1)
-			} else {
-				p.refreshNotModified.Add(1)
-			}
 			evs = p.setStateLocked(StateReady, evs)
 			if o.recovered > 0 {
 				ev := p.newEvent(EventRecovered, now)
@@ -388,14 +391,13 @@ func (p *provider) applyLocked(o *outcome, now time.Time, evs []Event) []Event {
 		}
 	}
 	o.result = resultError
-	p.refreshErrors.Add(1)
 	p.errorCount++
 	p.lastErr = o.err
 	if old != nil && now.Before(old.staleUntil) {
 		evs = p.setStateLocked(StateReady, evs)
 		evs = p.staleBeganLocked(old, now, evs)
 	} else {
-		p.snap.Store(nil)
+		p.withdrawLocked(old)
 		evs = p.setStateLocked(StateEmpty, evs)
 		evs = p.staleEndedLocked(now, evs)
 	}

@@ -370,7 +370,7 @@ func TestRefreshRevalidation(t *testing.T) {
 					if got, want := rtStatusKIDs(st), rtKIDsOf(e.idp.Keys(rtPath)); !slices.Equal(got, want) {
 						t.Errorf("kids = %v, want %v", got, want)
 					}
-					if got := p.refreshUpdated.Load(); got != 2 {
+					if got := p.refreshCount(resultUpdated); got != 2 {
 						t.Errorf("refreshUpdated = %d, want 2", got)
 					}
 					return
@@ -387,7 +387,7 @@ func TestRefreshRevalidation(t *testing.T) {
 				if got, want := rtStatusKIDs(st), rtKIDsOf(e.keys); !slices.Equal(got, want) {
 					t.Errorf("kids = %v, want %v", got, want)
 				}
-				if got := p.refreshNotModified.Load(); got != 1 {
+				if got := p.refreshCount(resultNotModified); got != 1 {
 					t.Errorf("refreshNotModified = %d, want 1", got)
 				}
 				for _, k := range e.keys {
@@ -1448,7 +1448,7 @@ func TestRefreshManual(t *testing.T) {
 			if e.snap().keys != snap0.keys || e.events.count(EventKeysChanged) != 1 {
 				t.Error("a 304 changed the key set")
 			}
-			if got := e.prov().refreshNotModified.Load(); got != 3 {
+			if got := e.prov().refreshCount(resultNotModified); got != 3 {
 				t.Errorf("refreshNotModified = %d, want 3", got)
 			}
 		})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -31,6 +32,7 @@ type scheduler struct {
 	epoch time.Time     // due times count from here, on the monotonic clock
 	wake  chan struct{} // buffered(1): the earliest due time may have changed
 	ready chan struct{} // buffered(workers): the queue has work
+	busy  atomic.Int32  // workers visiting a provider (a metric)
 
 	mu       sync.Mutex // guards the fields below and every provider's due, heapIdx, queued, slowWaiting and slowGranted
 	h        provHeap
@@ -151,7 +153,7 @@ func (s *scheduler) expire(p *provider, now time.Time) (refresh bool) {
 			return
 		}
 		if sn := p.snap.Load(); sn != nil && !now.Before(sn.staleUntil) {
-			p.snap.Store(nil)
+			p.withdrawLocked(sn)
 			evs = p.setStateLocked(StateEmpty, evs)
 			evs = p.staleEndedLocked(now, evs)
 			if p.nextRefresh.After(now) && p.errorCount == 0 {
@@ -159,6 +161,9 @@ func (s *scheduler) expire(p *provider, now time.Time) (refresh bool) {
 			}
 		} else if sn != nil && p.errorCount > 0 {
 			evs = p.staleBeganLocked(sn, now, evs)
+		}
+		if sn := p.snap.Load(); sn != nil && !now.Before(sn.expiresAt) {
+			p.markStaleLocked()
 		}
 		refresh = !p.inflight && !now.Before(p.nextRefresh)
 		if !refresh && !p.inflight {
@@ -189,6 +194,14 @@ func (s *scheduler) enqueue(p *provider) {
 	}
 }
 
+// waiting returns how many providers wait for a worker: queued, or in
+// line for a slow slot.
+func (s *scheduler) waiting() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.queue) + len(s.slowWait)
+}
+
 // take returns the oldest queued provider, or nil.
 func (s *scheduler) take() *provider {
 	s.mu.Lock()
@@ -207,7 +220,9 @@ func (s *scheduler) take() *provider {
 func (s *scheduler) worker(ctx context.Context) {
 	for {
 		if p := s.take(); p != nil {
+			s.busy.Add(1)
 			s.visit(p)
+			s.busy.Add(-1)
 			continue
 		}
 		select {

@@ -42,6 +42,17 @@ type ProviderStatus struct {
 	// Hits and Misses count lookups answered from memory and not.
 	Hits   uint64 `json:"hits"`
 	Misses uint64 `json:"misses"`
+	// HitRate is Hits / (Hits + Misses); 0 before the first lookup.
+	HitRate float64 `json:"hitRate"`
+	// StaleServeRatio is the share of lookups answered from keys past
+	// their expiry (stale-while-error); 0 before the first lookup.
+	StaleServeRatio float64 `json:"staleServeRatio"`
+	// LastSuccess is the last successful fetch (200 or 304), kept after
+	// the keys are withdrawn; zero (omitted in JSON) if none.
+	LastSuccess time.Time `json:"lastSuccess,omitzero"`
+	// Source is where the keys served came from: "network" (the IdP),
+	// "store" or "fleet"; "" when none are served.
+	Source string `json:"source,omitempty"`
 	// EventsDropped counts this provider's events and log records that
 	// were dropped because the delivery queue was full (a slow OnEvent or
 	// log handler); see Options.OnEvent.
@@ -89,6 +100,11 @@ func (p *provider) status() ProviderStatus {
 		st.LastErrorClass = string(errorClass(p.lastErr))
 	}
 	s := p.snap.Load()
+	hits := p.m.hits.load(p.slot)
+	stale := p.staleLookupsLocked(hits)
+	if p.met != nil && p.met.rare != nil {
+		st.LastSuccess = p.met.rare.lastSuccess
+	}
 	p.mu.Unlock()
 	if st.JWKSURL == "" && reg.usesDiscovery() {
 		st.JWKSURL = reg.discoveryURL()
@@ -98,6 +114,8 @@ func (p *provider) status() ProviderStatus {
 	if s != nil {
 		st.Stale = !now.Before(s.expiresAt)
 		st.LastRefresh = s.fetchedAt
+		st.LastSuccess = s.fetchedAt
+		st.Source = s.source.String()
 		st.ExpiresAt = s.expiresAt
 		st.StaleUntil = s.staleUntil
 		st.TTLSource = s.ttlSource
@@ -112,8 +130,12 @@ func (p *provider) status() ProviderStatus {
 		st.SkippedKeysOmitted = s.keys.skippedMore
 	}
 	st.DeniedKIDs = p.deniedKIDs()
-	st.Hits = p.m.hits.load(p.slot)
+	st.Hits = hits
 	st.Misses = p.misses.Load()
+	if n := st.Hits + st.Misses; n > 0 {
+		st.HitRate = float64(st.Hits) / float64(n)
+		st.StaleServeRatio = float64(stale) / float64(n)
+	}
 	st.EventsDropped = p.eventsDropped.Load()
 	return st
 }

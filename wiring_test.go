@@ -287,3 +287,21 @@ func (l lockedWriter) Write(b []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(b)
 }
+
+// refreshCount returns p's refreshes of result res, of every reason.
+func (p *provider) refreshCount(res refreshResult) uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var n uint64
+	if pm := p.met; pm != nil {
+		for _, byResult := range pm.refreshes {
+			n += byResult[res]
+		}
+		if pm.rare != nil {
+			for _, byResult := range pm.rare.refreshes {
+				n += byResult[res]
+			}
+		}
+	}
+	return n
+}
