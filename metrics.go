@@ -203,35 +203,15 @@ func (p *provider) recordOutcomeLocked(o *outcome) {
 	}
 }
 
-// recordRotationLocked counts the kids added and removed when ns replaces
-// old. p.mu must be held.
-func (p *provider) recordRotationLocked(old, ns *keySet) {
-	before := make(map[string]struct{}, len(old.keys))
-	for _, k := range old.keys {
-		before[k.info.KID] = struct{}{}
-	}
-	after := make(map[string]struct{}, len(ns.keys))
-	var added, removed uint64
-	for _, k := range ns.keys {
-		if _, dup := after[k.info.KID]; dup {
-			continue
-		}
-		after[k.info.KID] = struct{}{}
-		if _, ok := before[k.info.KID]; !ok {
-			added++
-		}
-	}
-	for kid := range before {
-		if _, ok := after[kid]; !ok {
-			removed++
-		}
-	}
+// recordRotationLocked counts the kids added and removed when a fetched
+// key set replaced another (see diffKIDs). p.mu must be held.
+func (p *provider) recordRotationLocked(added, removed int) {
 	if added == 0 && removed == 0 {
 		return
 	}
 	r := p.rareLocked()
-	r.kidsAdded += added
-	r.kidsRemoved += removed
+	r.kidsAdded += uint64(added)
+	r.kidsRemoved += uint64(removed)
 }
 
 // recordWait counts a lookup that waited d for a fetch.

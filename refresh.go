@@ -346,9 +346,6 @@ func (p *provider) applyLocked(o *outcome, now time.Time, evs []Event) []Event {
 			ns = &snapshot{keys: doc.keys, doc: doc, url: o.url, issuer: issuer, validators: res.Validators, source: o.source}
 			ns.setTimes(res.Fresh, res.FetchedAt, o.reg.staleWindow())
 			o.result = resultUpdated
-			if old != nil {
-				p.recordRotationLocked(old.keys, doc.keys)
-			}
 			if p.kid != nil {
 				p.kid.negative = nil
 			}
@@ -356,6 +353,7 @@ func (p *provider) applyLocked(o *outcome, now time.Time, evs []Event) []Event {
 			ev.KIDs = kidsOf(res.Keys)
 			if old != nil {
 				ev.Added, ev.Removed = diffKIDs(kidsOf(old.keys), ev.KIDs)
+				p.recordRotationLocked(len(ev.Added), len(ev.Removed))
 			} else {
 				ev.Added = ev.KIDs
 			}
