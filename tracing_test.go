@@ -6,6 +6,7 @@ package jwkscache
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"os/exec"
 	"slices"
@@ -464,4 +465,35 @@ func TestTraceNoSDKDependency(t *testing.T) {
 			t.Errorf("the library depends on %s", d)
 		}
 	}
+}
+
+// A refresh that panics (here in a caller's transport) still ends its
+// spans, as failures of class panic.
+func TestTracePanicEndsSpans(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		idp, _ := testidp.NewDefault()
+		rt := &atkPanicRT{next: idp}
+		rt.armed.Store(1)
+		rec := tracetest.NewSpanRecorder()
+		m, err := New(Options{HTTPClient: &http.Client{Transport: rt}, TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)), Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := &trEnv{rtEnv: &rtEnv{t: t, idp: idp, m: m}, rec: rec}
+		t.Cleanup(e.close)
+		if err := m.Register(context.Background(), Registration{TenantID: rtTenant, ProviderID: rtProvider, JWKSURL: rtURL}); err != nil {
+			t.Fatal(err)
+		}
+		e.settle()
+		if n := len(rec.Started()) - len(rec.Ended()); n != 0 {
+			t.Errorf("%d spans never ended", n)
+		}
+		r := e.spans(spanRefresh)[0]
+		checkAttrs(t, r, map[string]string{"jwkscache.result": "error", "jwkscache.error.class": "panic"})
+		f := e.children(r, spanFetch)
+		if len(f) != 1 || r.Status().Code != codes.Error {
+			t.Fatalf("refresh status %+v, fetch spans %d", r.Status(), len(f))
+		}
+		checkAttrs(t, f[0], map[string]string{"error.type": "panic"})
+	})
 }
