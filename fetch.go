@@ -61,6 +61,7 @@ type fetcher struct {
 	opts   Options
 	custom http.RoundTripper // from Options.HTTPClient, or nil
 	dialer *net.Dialer
+	tr     *tracing // the engine's tracer (tracing.go)
 
 	mu         sync.Mutex
 	transports map[string]*pinTransport // by pinKey; guarded by mu
@@ -77,7 +78,7 @@ type pinTransport struct {
 }
 
 func newFetcher(opts Options) *fetcher {
-	f := &fetcher{opts: opts, transports: make(map[string]*pinTransport), uncounted: make(map[string]struct{})}
+	f := &fetcher{opts: opts, transports: make(map[string]*pinTransport), uncounted: make(map[string]struct{}), tr: newTracing(opts.TracerProvider)}
 	if opts.HTTPClient != nil {
 		f.custom = opts.HTTPClient.Transport
 		if f.custom == nil {
@@ -115,7 +116,7 @@ func (f *fetcher) policyFor(reg *Registration) urlPolicy {
 // validators it makes a conditional request; a 304 answer returns
 // NotModified. Errors are *FetchError.
 func (f *fetcher) fetchKeys(ctx context.Context, reg *Registration, rawURL string, val validators) (*keysResult, error) {
-	res, err := fetchParsed(ctx, f, reg, rawURL, val, parseKeySet)
+	res, err := fetchParsed(ctx, f, reg, rawURL, false, val, parseKeySet)
 	if err != nil {
 		return nil, err
 	}
@@ -142,7 +143,7 @@ type discoveryResult struct {
 // passes the URL policy.
 func (f *fetcher) fetchDiscovery(ctx context.Context, reg *Registration, val validators) (*discoveryResult, error) {
 	pol := f.policyFor(reg)
-	res, err := fetchParsed(ctx, f, reg, reg.discoveryURL(), val, func(body []byte) (*discoveryDoc, error) {
+	res, err := fetchParsed(ctx, f, reg, reg.discoveryURL(), true, val, func(body []byte) (*discoveryDoc, error) {
 		var d discoveryDoc
 		if bytes.HasPrefix(bytes.TrimSpace(body), []byte("<")) {
 			return nil, errHTML
@@ -186,15 +187,18 @@ type parsedResult[T any] struct {
 // only network errors, timeouts, 408, 429 and 5xx are retried, after an
 // exponential backoff with jitter or the server's Retry-After.
 //
+// Each attempt has a span (jwkscache.fetch), a child of ctx's; discovery
+// says which document is fetched.
+//
 // It is a function rather than a method because it is generic over the
 // parsed document, so that no caller needs a type assertion.
-func fetchParsed[T any](ctx context.Context, f *fetcher, reg *Registration, rawURL string, val validators, parse func([]byte) (*T, error)) (*parsedResult[T], error) {
+func fetchParsed[T any](ctx context.Context, f *fetcher, reg *Registration, rawURL string, discovery bool, val validators, parse func([]byte) (*T, error)) (*parsedResult[T], error) {
 	rp := &reg.Retry
 	ctx, cancel := context.WithTimeout(ctx, rp.Deadline)
 	defer cancel()
 	var prev time.Duration
 	for attempt := 1; ; attempt++ {
-		res, fe := attemptParsed(ctx, f, reg, rawURL, val, parse)
+		res, fe := tracedAttempt(ctx, f, reg, rawURL, attempt, discovery, val, parse)
 		if fe == nil {
 			res.Attempts = attempt
 			return res, nil

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Options configures a Manager. The zero value is a safe production
@@ -60,6 +61,11 @@ type Options struct {
 	// wait for a callback that does not return. A panic in OnEvent is
 	// recovered and logged. Default: nil.
 	OnEvent func(Event)
+
+	// TracerProvider makes the spans of refreshes, fetch attempts and
+	// callers waiting on a refresh (see Tracing in docs/operations.md);
+	// warm lookups make none. Default: nil, otel.GetTracerProvider().
+	TracerProvider trace.TracerProvider
 
 	// RefreshWorkers bounds how many fetches the background scheduler runs
 	// at once across all providers; callers waiting on a cold provider or

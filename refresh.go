@@ -89,20 +89,21 @@ const anyFetch = ^uint64(0)
 // caller read it before deciding to fetch: if a fetch has completed since,
 // its outcome is the answer and no new fetch starts.
 func (p *provider) await(ctx context.Context, seen uint64, why flightReason) error {
-	ch := p.m.flights.DoChan(p.flightKey(), func() (any, error) { return nil, p.flight(seen, why) })
+	w := p.startWait(ctx, why) // tracing.go: the caller's span, linked to the refresh
+	ch := p.m.flights.DoChan(p.flightKey(), func() (any, error) { return p.tracedFlight(seen, why) })
 	select {
 	case r := <-ch:
-		return r.Err
+		return w.end(r.Val, r.Err, "")
 	case <-ctx.Done():
-		return context.Cause(ctx)
+		return w.end(nil, context.Cause(ctx), resultGaveUp)
 	case <-p.m.ctx.Done():
-		return ErrClosed
+		return w.end(nil, ErrClosed, resultClosed)
 	}
 }
 
 // refreshNow runs (or joins) the shared fetch in the calling goroutine.
 func (p *provider) refreshNow(seen uint64, why flightReason) error {
-	_, err, _ := p.m.flights.Do(p.flightKey(), func() (any, error) { return nil, p.flight(seen, why) })
+	_, err, _ := p.m.flights.Do(p.flightKey(), func() (any, error) { return p.tracedFlight(seen, why) })
 	return err
 }
 
@@ -240,9 +241,11 @@ func (p *provider) doRefresh(why flightReason) error {
 	}
 	p.emit(evs)
 
+	ctx, span := p.startRefreshSpan(o) // tracing.go: a root span on m.ctx
+	defer span.abort()
 	start := time.Now()
 	// One Deadline bounds the whole refresh, discovery included.
-	ctx, cancel := context.WithTimeout(m.ctx, o.reg.Retry.Deadline)
+	ctx, cancel := context.WithTimeout(ctx, o.reg.Retry.Deadline)
 	defer cancel()
 	if needDisc {
 		o.disc, o.err = m.fetcher.fetchDiscovery(ctx, o.reg, discVal)
@@ -263,9 +266,9 @@ func (p *provider) doRefresh(why flightReason) error {
 		p.mu.Lock()
 		p.inflight = false
 		p.mu.Unlock()
-		return ErrClosed
+		return span.end(o, ErrClosed)
 	}
-	return p.apply(o)
+	return span.end(o, p.apply(o))
 }
 
 // apply records a refresh outcome: the new snapshot, the error count, the
