@@ -1,6 +1,7 @@
 package jwkscache
 
 import (
+	"errors"
 	"log/slog"
 	"slices"
 	"strings"
@@ -160,3 +161,39 @@ func TestEventsLifecycle(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
+
+// Re-registering with another StaleWhileError applies it to the keys
+// served now: raised during an outage it keeps them longer, lowered it
+// withdraws them at once (the runbook in docs/operations.md relies on it).
+func TestRegisterStaleWindowAppliesToServedKeys(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		idp, keys := testidp.NewDefault()
+		idp.SetHeader(mtPath, "Cache-Control", "max-age=60")
+		m := mtManager(t, idp, Options{})
+		reg := Registration{TenantID: mtTenant, ProviderID: mtProvider, JWKSURL: mtURL, StaleWhileError: 10 * time.Minute}
+		if err := m.Register(t.Context(), reg); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		idp.SetFault(mtPath, testidp.Fault{Status: 503})
+		expires := mtStatus(t, m, mtTenant, mtProvider).ExpiresAt
+		time.Sleep(time.Until(expires) + 5*time.Minute) // stale, 5 min left
+		reg.StaleWhileError = 2 * time.Hour
+		if err := m.Register(t.Context(), reg); err != nil {
+			t.Fatal(err)
+		}
+		if st := mtStatus(t, m, mtTenant, mtProvider); !st.StaleUntil.Equal(expires.Add(2 * time.Hour)) {
+			t.Fatalf("StaleUntil %v after raising the window, want %v", st.StaleUntil, expires.Add(2*time.Hour))
+		}
+		time.Sleep(30 * time.Minute) // past the old window
+		mtMustKey(t, m, mtTenant, mtProvider, keys[0])
+		reg.StaleWhileError = time.Minute // lower it: the keys are past it
+		if err := m.Register(t.Context(), reg); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if _, err := m.Key(t.Context(), mtTenant, mtProvider, keys[0].KID); !errors.Is(err, ErrNoKeys) {
+			t.Fatalf("after lowering the window below the keys' age: %v, want ErrNoKeys", err)
+		}
+	})
+}

@@ -195,8 +195,9 @@ func (m *Manager) notRegistered(tenant, providerID string) error {
 // loaded, but no longer than their freshness: they are not served stale,
 // and tokens verified with them keep the issuer they were registered with.
 // Other updates take effect at the next fetch; a new Issuer applies to
-// tokens at once. An update keeps the provider's counters and its place in
-// the scheduler's fairness (a slow provider stays slow).
+// tokens at once, and a new StaleWhileError to the keys served now. An
+// update keeps the provider's counters and its place in the scheduler's
+// fairness (a slow provider stays slow).
 //
 // Register does not wait for the keys; a lookup waits for the first load.
 func (m *Manager) Register(ctx context.Context, reg Registration) error {
@@ -269,9 +270,13 @@ func (m *Manager) update(p *provider, r *Registration, now time.Time) {
 			m.fetcher.acquirePins(r.pins())
 			m.fetcher.releasePins(old.pins())
 		}
-	case s != nil && s.issuer != r.Issuer:
+	case s != nil && (s.issuer != r.Issuer || old.staleWindow() != r.staleWindow()):
+		// Same source: a new Issuer binds the keys at once, and a new
+		// StaleWhileError applies to the keys served now (so that it can
+		// be raised during an outage, or lowered to drop suspect keys).
 		ns := *s
 		ns.issuer = r.Issuer
+		ns.staleUntil = ns.expiresAt.Add(r.staleWindow())
 		p.snap.Store(&ns)
 	}
 	m.sched.schedule(p, p.nextDueLocked())
