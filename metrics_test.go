@@ -227,7 +227,11 @@ func TestMetricsOutage(t *testing.T) {
 		}
 		defer m.Close()
 		ctx := context.Background()
-		if err := m.Register(ctx, Registration{TenantID: "acme", ProviderID: "auth0", JWKSURL: mtBase + testidp.DefaultPath, PrefetchJitter: -1}); err != nil {
+		if err := m.Register(ctx, Registration{TenantID: "acme", ProviderID: "auth0", JWKSURL: mtBase + testidp.DefaultPath, PrefetchJitter: -1,
+			// One attempt per refresh: a refresh waiting between attempts
+			// would still be in flight when the manual Refresh below
+			// starts, which would then join it (reason scheduled).
+			Retry: RetryPolicy{MaxRetries: -1}}); err != nil {
 			t.Fatal(err)
 		}
 		synctest.Wait()
