@@ -79,9 +79,17 @@ func TestEventsLifecycle(t *testing.T) {
 			}
 		}
 		time.Sleep(time.Second)
-		_, kinds = rec.take()
-		if !slices.Equal(kinds, []EventKind{EventStaleBegan}) {
-			t.Fatalf("at expiry: %v, want exactly stale_began on time", kinds)
+		evs, _ = rec.take()
+		var began []Event
+		for _, e := range evs {
+			if e.Kind == EventStaleBegan {
+				began = append(began, e)
+			}
+		}
+		// A retry may fail in the same second; stale_began comes once, at
+		// the expiry itself.
+		if len(began) != 1 || !began[0].Time.Equal(loaded.ExpiresAt) {
+			t.Fatalf("at expiry: %+v, want one stale_began at %v", began, loaded.ExpiresAt)
 		}
 		// More failures: no second stale_began.
 		time.Sleep(20 * time.Second)
