@@ -102,7 +102,7 @@ func (e *FetchError) Error() string {
 	b.WriteByte('/')
 	b.WriteString(e.ProviderID)
 	b.WriteString(": fetch ")
-	b.WriteString(capTo(e.URL, maxShownURL))
+	b.WriteString(shownURL(e.URL))
 	b.WriteString(": ")
 	b.WriteString(string(e.Class))
 	if e.StatusCode != 0 {
@@ -157,7 +157,7 @@ type ProviderError struct {
 func (e *ProviderError) Error() string {
 	s := "jwkscache: " + e.TenantID + "/" + e.ProviderID
 	if e.URL != "" {
-		s += " (" + capTo(e.URL, maxShownURL) + ")"
+		s += " (" + shownURL(e.URL) + ")"
 	}
 	if e.Op != "" {
 		s += ": " + e.Op
@@ -250,3 +250,8 @@ func KeysUnavailable(err error) bool {
 		errors.As(err, &pe) || errors.Is(err, ErrClosed) ||
 		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
 }
+
+// shownURL returns a URL for an error text: without userinfo, query string
+// and fragment (they may carry secrets; the URL field keeps the whole URL
+// for programs), and capped.
+func shownURL(raw string) string { return capTo(spanURL(raw), maxShownURL) }

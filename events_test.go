@@ -205,3 +205,50 @@ func TestRegisterStaleWindowAppliesToServedKeys(t *testing.T) {
 		}
 	})
 }
+
+// A JWKS URL with a secret in its query string: the secret never reaches a
+// log record, an event's error text, Status.LastError or a lookup error.
+func TestURLQueryNeverShown(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		idp, keys := testidp.NewDefault()
+		rec := &eventLog{}
+		var mu sync.Mutex
+		var logs strings.Builder
+		h := slog.NewTextHandler(writerFunc(func(b []byte) (int, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return logs.Write(b)
+		}), &slog.HandlerOptions{Level: slog.LevelDebug})
+		m := mtManager(t, idp, Options{OnEvent: rec.add, Logger: slog.New(h)})
+		const secret = "s3cr3t-api-key"
+		idp.SetFault(mtPath, testidp.Fault{Status: 503})
+		url := mtURL + "?api_key=" + secret + "#frag-" + secret
+		if err := m.Register(t.Context(), Registration{TenantID: mtTenant, ProviderID: mtProvider, JWKSURL: url}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := m.Key(t.Context(), mtTenant, mtProvider, keys[0].KID)
+		if err == nil || strings.Contains(err.Error(), secret) {
+			t.Errorf("lookup error %v shows the query string (or no error)", err)
+		}
+		synctest.Wait()
+		if st := mtStatus(t, m, mtTenant, mtProvider); st.LastError == "" || strings.Contains(st.LastError, secret) {
+			t.Errorf("Status.LastError %q shows the query string (or is empty)", st.LastError)
+		}
+		evs, _ := rec.take()
+		failed := 0
+		for _, e := range evs {
+			if e.Err != nil {
+				failed++
+				if strings.Contains(e.Err.Error(), secret) {
+					t.Errorf("event %s error shows the query string: %v", e.Kind, e.Err)
+				}
+			}
+		}
+		mu.Lock()
+		out := logs.String()
+		mu.Unlock()
+		if failed == 0 || !strings.Contains(out, "jwks refresh failed") || strings.Contains(out, secret) {
+			t.Errorf("%d failure events; logs (must show the failure, never the secret):\n%s", failed, out)
+		}
+	})
+}

@@ -436,14 +436,14 @@ func (p *provider) logOutcome(o *outcome, errCount int, stale bool) {
 	}
 	base := []slog.Attr{
 		slog.String("tenant", o.reg.TenantID), slog.String("provider", o.reg.ProviderID),
-		slog.String("url", capText(o.url)), slog.String("reason", o.reason.String()),
+		slog.String("url", spanURL(o.url)), slog.String("reason", o.reason.String()),
 	}
 	switch o.result {
 	case resultError:
 		m.logf(p, slog.LevelWarn, "jwks refresh failed", append(base,
 			slog.String("class", string(errorClass(o.err))), slog.Int("errorCount", errCount),
 			slog.Bool("servingStale", stale), slog.Duration("took", o.took),
-			slog.String("error", capText(o.err.Error())))...)
+			slog.String("error", spanErrorText(o.err)))...)
 	case resultUpdated:
 		m.logf(p, slog.LevelInfo, "jwks keys changed", append(base,
 			slog.Any("kids", capKIDs(kidsOf(o.res.Keys))), slog.Any("added", capKIDs(o.added)),
