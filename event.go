@@ -23,8 +23,8 @@ const (
 	// they are served stale until the stale window ends.
 	EventStaleBegan EventKind = "stale_began"
 	// EventStaleEnded: stale serving ended, because a refresh succeeded or
-	// because the stale window ran out and the keys were withdrawn
-	// (Withdrawn).
+	// because the keys were withdrawn (Withdrawn): the stale window ran
+	// out, or the provider was unregistered.
 	EventStaleEnded EventKind = "stale_ended"
 	// EventKeyDenied and EventKeyAllowed: DenyKey or AllowKey changed the
 	// denial of KID.

@@ -252,3 +252,27 @@ func TestURLQueryNeverShown(t *testing.T) {
 		}
 	})
 }
+
+// Unregistering a provider that serves stale keys ends its stale serving
+// with an event, so that a tracker of stale providers drops it.
+func TestUnregisterEndsStaleServing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		idp, _ := testidp.NewDefault()
+		idp.SetHeader(mtPath, "Cache-Control", "max-age=60")
+		rec := &eventLog{}
+		m := mtManager(t, idp, Options{OnEvent: rec.add})
+		mtLoad(t, m, mtTenant, mtProvider, mtURL)
+		idp.SetFault(mtPath, testidp.Fault{Status: 503})
+		time.Sleep(2 * time.Minute)
+		if _, kinds := rec.take(); !slices.Contains(kinds, EventStaleBegan) {
+			t.Fatalf("no stale_began during the outage: %v", kinds)
+		}
+		if err := m.Unregister(t.Context(), mtTenant, mtProvider); err != nil {
+			t.Fatal(err)
+		}
+		evs, kinds := rec.take()
+		if !slices.Equal(kinds, []EventKind{EventStaleEnded}) || !evs[len(evs)-1].Withdrawn {
+			t.Errorf("after Unregister: %v, want stale_ended (withdrawn)", kinds)
+		}
+	})
+}

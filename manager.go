@@ -304,13 +304,19 @@ func (m *Manager) Unregister(ctx context.Context, tenant, providerID string) err
 	if p == nil {
 		return m.notRegistered(tenant, providerID)
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.removed.Store(true)
-	m.sched.remove(p)
-	p.snap.Store(nil)
-	m.providers.setIssuerLocked(p, p.registration().Issuer, "")
-	m.fetcher.releasePins(p.registration().pins())
+	var evs []Event
+	func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.removed.Store(true)
+		m.sched.remove(p)
+		p.snap.Store(nil)
+		// Whoever tracks stale providers from events sees this one end.
+		evs = p.staleEndedLocked(time.Now(), evs)
+		m.providers.setIssuerLocked(p, p.registration().Issuer, "")
+		m.fetcher.releasePins(p.registration().pins())
+	}()
+	p.emit(evs)
 	// A reader that found p just before may still count a hit into its
 	// slot: the slot is reused only once p is unreachable (see hitCounter).
 	return nil

@@ -384,7 +384,7 @@ func (e *policyError) Is(target error) bool {
 // shown capped: on a redirect hop or a discovered jwks_uri they are
 // upstream data.
 func (p *urlPolicy) checkParsed(u *url.URL) error {
-	shown := showURL(u.Redacted())
+	shown := showURL(u.String())
 	if !u.IsAbs() || u.Host == "" || u.Opaque != "" {
 		return fmt.Errorf("%s: must be an absolute URL with a host", shown)
 	}
@@ -420,9 +420,10 @@ func (p *urlPolicy) checkParsed(u *url.URL) error {
 // maxShownURL caps a URL or host quoted in an error text.
 const maxShownURL = 256
 
-// showURL returns a URL or host quoted for an error text, valid UTF-8, and
-// cut visibly after maxShownURL bytes.
-func showURL(s string) string { return strconv.Quote(capTo(s, maxShownURL)) }
+// showURL returns a URL or host quoted for an error text: without
+// userinfo, query string and fragment (they may carry secrets), valid
+// UTF-8, and cut visibly after maxShownURL bytes.
+func showURL(s string) string { return strconv.Quote(capTo(spanURL(s), maxShownURL)) }
 
 // hostSpellingProblem explains why a host that is not a canonical IP
 // literal (netip.ParseAddr refused it) is refused, or returns "".
