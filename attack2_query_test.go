@@ -26,7 +26,7 @@ const atk2Secret = "SAS-SIG-s3cr3t"
 
 // atk2Failures registers a provider answered by rt and returns the error of
 // a cold lookup and the errors carried by refresh_failed events.
-func atk2Failures(t *testing.T, rt http.RoundTripper, reg Registration) (lookup error, evErrs []string) {
+func atk2Failures(t *testing.T, rt http.RoundTripper, reg Registration) (evErrs []string, lookup error) {
 	t.Helper()
 	var mu sync.Mutex
 	m, err := New(Options{HTTPClient: &http.Client{Transport: rt}, OnEvent: func(e Event) {
@@ -55,7 +55,7 @@ func atk2Failures(t *testing.T, rt http.RoundTripper, reg Registration) (lookup 
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	return lookup, append([]string(nil), evErrs...)
+	return append([]string(nil), evErrs...), lookup
 }
 
 func atk2CheckNoSecret(t *testing.T, lookup error, evErrs []string) {
@@ -83,7 +83,7 @@ func TestAttack2RefusedRedirectShowsQuery(t *testing.T) {
 	rt := atk2RT(func(r *http.Request) *http.Response {
 		return atk2Resp(r, http.StatusFound, map[string]string{"Location": "http://idp.test/keys?sig=" + atk2Secret}, "")
 	})
-	lookup, evs := atk2Failures(t, rt, Registration{TenantID: "t", ProviderID: "p", JWKSURL: "https://idp.test/jwks"})
+	evs, lookup := atk2Failures(t, rt, Registration{TenantID: "t", ProviderID: "p", JWKSURL: "https://idp.test/jwks"})
 	atk2CheckNoSecret(t, lookup, evs)
 }
 
@@ -94,6 +94,6 @@ func TestAttack2RefusedDiscoveredJWKSURIShowsQuery(t *testing.T) {
 		return atk2Resp(r, 200, map[string]string{"Content-Type": "application/json"},
 			`{"issuer":"https://idp.test","jwks_uri":"http://idp.test/keys?sig=`+atk2Secret+`"}`)
 	})
-	lookup, evs := atk2Failures(t, rt, Registration{TenantID: "t", ProviderID: "p", Issuer: "https://idp.test"})
+	evs, lookup := atk2Failures(t, rt, Registration{TenantID: "t", ProviderID: "p", Issuer: "https://idp.test"})
 	atk2CheckNoSecret(t, lookup, evs)
 }

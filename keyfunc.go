@@ -32,7 +32,7 @@ func (m *Manager) Keyfunc(tenant, providerID string) jwt.Keyfunc {
 		if p == nil {
 			return nil, m.notRegistered(tenant, providerID)
 		}
-		return m.tokenKey(nil, p, t, tokenIssuer(t))
+		return m.tokenKey(m.ctx, p, t, tokenIssuer(t)) // bounded by the Deadline alone
 	}
 }
 
@@ -64,7 +64,7 @@ func (m *Manager) KeyfuncContext(ctx context.Context, tenant, providerID string)
 // chosen. Register refuses two providers of one tenant with the same
 // Issuer, so the route is never ambiguous.
 func (m *Manager) TenantKeyfunc(tenant string) jwt.Keyfunc {
-	return m.tenantKeyfunc(nil, tenant)
+	return m.tenantKeyfunc(m.ctx, tenant)
 }
 
 // TenantKeyfuncContext is TenantKeyfunc whose waits also end with ctx, as
@@ -73,8 +73,8 @@ func (m *Manager) TenantKeyfuncContext(ctx context.Context, tenant string) jwt.K
 	return m.tenantKeyfunc(ctx, tenant)
 }
 
-// tenantKeyfunc is TenantKeyfuncContext; a nil ctx bounds waits by each
-// registration's Deadline alone.
+// tenantKeyfunc is TenantKeyfuncContext; with the Manager's own context,
+// waits are bounded by each registration's Deadline alone.
 func (m *Manager) tenantKeyfunc(ctx context.Context, tenant string) jwt.Keyfunc {
 	return func(t *jwt.Token) (any, error) {
 		iss := tokenIssuer(t)

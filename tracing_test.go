@@ -106,7 +106,7 @@ func attr(s sdktrace.ReadOnlySpan, key string) (attribute.Value, bool) {
 }
 
 // checkAttrs fails unless s has each attribute of want, with that value
-// (as Emit prints it).
+// (as Value.String prints it).
 func checkAttrs(t *testing.T, s sdktrace.ReadOnlySpan, want map[string]string) {
 	t.Helper()
 	for k, v := range want {
@@ -114,8 +114,8 @@ func checkAttrs(t *testing.T, s sdktrace.ReadOnlySpan, want map[string]string) {
 		switch {
 		case !ok:
 			t.Errorf("%s: no attribute %s (want %q)", s.Name(), k, v)
-		case got.Emit() != v:
-			t.Errorf("%s: %s = %q, want %q", s.Name(), k, got.Emit(), v)
+		case got.String() != v:
+			t.Errorf("%s: %s = %q, want %q", s.Name(), k, got.String(), v)
 		}
 	}
 }
@@ -185,7 +185,7 @@ func TestTraceScheduledRefreshRetried(t *testing.T) {
 			t.Errorf("200 attempt status %+v", fs[1].Status())
 		}
 		if n, ok := attr(fs[1], "jwkscache.response.bytes"); !ok || n.AsInt64() < 100 {
-			t.Errorf("response bytes %v", n.Emit())
+			t.Errorf("response bytes %v", n.String())
 		}
 		if _, ok := attr(fs[0], "jwkscache.response.bytes"); ok {
 			t.Error("a 503 attempt has response bytes")
@@ -309,8 +309,8 @@ func TestTraceURLWithoutQuery(t *testing.T) {
 		}
 		for _, s := range e.rec.Ended() {
 			for _, kv := range s.Attributes() {
-				if strings.Contains(kv.Value.Emit(), secret) || strings.Contains(kv.Value.Emit(), "frag") {
-					t.Errorf("%s: %s = %q", s.Name(), kv.Key, kv.Value.Emit())
+				if strings.Contains(kv.Value.String(), secret) || strings.Contains(kv.Value.String(), "frag") {
+					t.Errorf("%s: %s = %q", s.Name(), kv.Key, kv.Value.String())
 				}
 			}
 			if d := s.Status().Description; strings.Contains(d, secret) || strings.Contains(d, "?") {

@@ -239,7 +239,7 @@ func TestRefreshPanicIsRecordedAsPanic(t *testing.T) {
 		if st.LastErrorClass != string(ClassPanic) || st.ErrorCount != 1 || st.State != StateReady {
 			t.Errorf("status after the panic: class %q, %d errors, %v; want panic, 1, Ready", st.LastErrorClass, st.ErrorCount, st.State)
 		}
-		if got := st.NextRefresh.Sub(time.Now()); got != failureBackoffMax {
+		if got := time.Until(st.NextRefresh); got != failureBackoffMax {
 			t.Errorf("next attempt in %v, want %v", got, failureBackoffMax)
 		}
 		mtMustKey(t, m, mtTenant, mtProvider, keys[0]) // keys still served

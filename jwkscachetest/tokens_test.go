@@ -27,7 +27,7 @@ func fetchJWKS(t *testing.T, p *jwkscachetest.IdP) jose.JSONWebKeySet {
 // token's kid, and returns the payload.
 func verifyJOSE(t *testing.T, tok, alg string, set jose.JSONWebKeySet) []byte {
 	t.Helper()
-	jws, err := jose.ParseSigned(tok, []jose.SignatureAlgorithm{jose.SignatureAlgorithm(alg)})
+	jws, err := jose.ParseSignedCompact(tok, []jose.SignatureAlgorithm{jose.SignatureAlgorithm(alg)})
 	if err != nil {
 		t.Fatalf("go-jose: parsing %s token: %v", alg, err)
 	}
