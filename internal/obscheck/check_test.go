@@ -102,7 +102,7 @@ func (idx metricIndex) checkSelector(vs *parser.VectorSelector) (string, []error
 	name := vs.Name
 	var errs []error
 	for _, m := range vs.LabelMatchers {
-		if m.Name != labels.MetricName {
+		if m.Name != model.MetricNameLabel {
 			continue
 		}
 		switch m.Type {
@@ -130,7 +130,7 @@ func (idx metricIndex) checkSelector(vs *parser.VectorSelector) (string, []error
 	}
 	allowed := spec.labelNames(bucket)
 	for _, m := range vs.LabelMatchers {
-		if m.Name == labels.MetricName {
+		if m.Name == model.MetricNameLabel {
 			continue
 		}
 		if !slices.Contains(allowed, m.Name) {
