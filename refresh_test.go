@@ -413,8 +413,9 @@ func TestRefreshTiming(t *testing.T) {
 		lo, hi       time.Duration // bounds of NextRefresh - LastRefresh
 	}{
 		{"max-age=300: 80% of the TTL", "max-age=300", Registration{PrefetchJitter: -1}, 300 * s, "max-age", 240 * s, 240 * s},
-		// DESIGN: "the earlier of expiry - RefreshEarly and 80% of the TTL":
-		// for one hour that is 2880s, not 3570s.
+		// The refresh comes at the earlier of expiry - RefreshEarly and 80%
+		// of the TTL (see docs/operations.md): for one hour that is 2880s,
+		// not 3570s.
 		{"max-age=3600: 80% of the TTL", "max-age=3600", Registration{PrefetchJitter: -1}, 3600 * s, "max-age", 2880 * s, 2880 * s},
 		{"max-age=120: expiry minus RefreshEarly", "max-age=120", Registration{PrefetchJitter: -1}, 120 * s, "max-age", 90 * s, 90 * s},
 		{"max-age=3600: expiry minus RefreshEarly 20m", "max-age=3600", Registration{RefreshEarly: 20 * time.Minute, PrefetchJitter: -1}, 3600 * s, "max-age", 2400 * s, 2400 * s},
