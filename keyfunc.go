@@ -27,13 +27,8 @@ import (
 // Keyfunc still returns a usable function when the provider is registered
 // later; each call resolves the provider anew.
 func (m *Manager) Keyfunc(tenant, providerID string) jwt.Keyfunc {
-	return func(t *jwt.Token) (any, error) {
-		p := m.providers.get(tenant, providerID)
-		if p == nil {
-			return nil, m.notRegistered(tenant, providerID)
-		}
-		return m.tokenKey(m.ctx, p, t, tokenIssuer(t)) // bounded by the Deadline alone
-	}
+	// The Manager's own context: waits are bounded by the Deadline alone.
+	return m.KeyfuncContext(m.ctx, tenant, providerID)
 }
 
 // KeyfuncContext is Keyfunc for one request: every wait for keys (a cold
@@ -122,12 +117,11 @@ func (e *unknownIssuerError) Unwrap() []error {
 // tokenKey finds the key for token t in p's keys. Waits are bounded by the
 // registration's retry Deadline and, when it is not nil, by ctx.
 func (m *Manager) tokenKey(ctx context.Context, p *provider, t *jwt.Token, iss string) (any, error) {
-	tenant, providerID := p.key.tenant, p.key.provider
 	kid := ""
 	if v, ok := t.Header["kid"]; ok {
 		s, ok := v.(string)
 		if !ok {
-			return nil, fmt.Errorf("jwkscache: %s/%s: %w: token kid header is not a string", tenant, providerID, ErrKeyNotFound)
+			return nil, p.opError("keyfunc", fmt.Errorf("%w: token kid header is not a string", ErrKeyNotFound))
 		}
 		kid = s
 	}
@@ -135,7 +129,7 @@ func (m *Manager) tokenKey(ctx context.Context, p *provider, t *jwt.Token, iss s
 	if algBit(alg) == 0 {
 		// HMAC, "none" or unknown: no key of ours may verify it, and an
 		// unknown kid with it must not spend the refresh budget.
-		return nil, fmt.Errorf("jwkscache: %s/%s: %w: unsupported algorithm %s", tenant, providerID, ErrKeyNotFound, showID(alg))
+		return nil, p.opError("keyfunc", fmt.Errorf("%w: unsupported algorithm %s", ErrKeyNotFound, showID(alg)))
 	}
 	// The issuer binding travels with the keys: while a provider switches
 	// to a new source, its old keys still answer only for the old issuer,
@@ -144,14 +138,18 @@ func (m *Manager) tokenKey(ctx context.Context, p *provider, t *jwt.Token, iss s
 	// the keys served now is refused before any lookup, so it cannot spend
 	// the refresh budget.
 	s := p.snap.Load()
-	issuer := p.registration().Issuer
+	var issuer string
 	if s != nil {
 		issuer = s.issuer
+	} else {
+		issuer = p.registration().Issuer
 	}
-	if err := checkIssuer(iss, issuer, tenant, providerID); err != nil {
+	if err := checkIssuer(p, iss, issuer); err != nil {
 		return nil, err
 	}
-	if s != nil && !p.isDenied(kid) {
+	if s != nil {
+		// A key found by a kid has that kid, so one denial check covers
+		// both the token's kid and, for a kid-less token, the key's.
 		if k, err := s.keys.lookupAlg(kid, alg); err == nil && !p.isDenied(k.jwk.KeyID) {
 			m.hits.inc(p.slot)
 			runtime.KeepAlive(p)
@@ -168,7 +166,7 @@ func (m *Manager) tokenKey(ctx context.Context, p *provider, t *jwt.Token, iss s
 		return nil, err
 	}
 	if found != s {
-		if err := checkIssuer(iss, found.issuer, tenant, providerID); err != nil {
+		if err := checkIssuer(p, iss, found.issuer); err != nil {
 			return nil, err
 		}
 	}
@@ -177,10 +175,10 @@ func (m *Manager) tokenKey(ctx context.Context, p *provider, t *jwt.Token, iss s
 
 // checkIssuer refuses a token whose iss claim is iss unless issuer is ""
 // or equals it.
-func checkIssuer(iss, issuer, tenant, providerID string) error {
+func checkIssuer(p *provider, iss, issuer string) error {
 	if issuer == "" || iss == issuer {
 		return nil
 	}
-	return fmt.Errorf("jwkscache: %s/%s: %w: token issuer does not match the registered issuer %s",
-		tenant, providerID, jwt.ErrTokenInvalidIssuer, showID(issuer))
+	return p.opError("keyfunc", fmt.Errorf("%w: token issuer does not match the registered issuer %s",
+		jwt.ErrTokenInvalidIssuer, showID(issuer)))
 }

@@ -165,7 +165,6 @@ type provRare struct {
 	staleOn                 bool
 	wait                    [len(waitBuckets) + 1]uint64
 	waitSum                 float64
-	waitCount               uint64
 }
 
 // metricsLocked returns p's counters, allocating them. p.mu must be held.
@@ -222,7 +221,6 @@ func (p *provider) recordWait(d time.Duration) {
 	r := p.rareLocked()
 	r.wait[bucketOf(waitBuckets[:], sec)]++
 	r.waitSum += sec
-	r.waitCount++
 }
 
 // withdrawLocked stores no snapshot in place of s, remembering when s last

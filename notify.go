@@ -27,7 +27,7 @@ type notice struct {
 // notifier hands events and log records to user code (Options.OnEvent and
 // the Logger's handler) on one goroutine of its own, through a bounded
 // queue. The engine never waits for user code: when the queue is full the
-// item is dropped and counted, per provider and in total. So a callback or
+// item is dropped and counted per provider. So a callback or
 // log handler that blocks delays only other callbacks and log records,
 // never a lookup, a refresh, expiry or Close.
 type notifier struct {
@@ -35,11 +35,10 @@ type notifier struct {
 	handler slog.Handler // nil when there is no Logger
 	panics  *atomic.Uint64
 
-	ch      chan notice
-	dropped atomic.Uint64 // items dropped because the queue was full
-	stop    chan struct{}
-	done    chan struct{}
-	once    sync.Once
+	ch   chan notice
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
 
 	mu      sync.Mutex // guards stopped and busy; never held while user code runs
 	stopped bool
@@ -65,7 +64,7 @@ func newNotifier(onEvent func(Event), log *slog.Logger, panics *atomic.Uint64) *
 func (n *notifier) logs() bool { return n.handler != nil }
 
 // event queues ev for OnEvent. It never blocks; a dropped event is counted
-// in *dropped (the provider's counter) and in n.dropped.
+// in *dropped (the provider's counter).
 func (n *notifier) event(ev Event, dropped *atomic.Uint64) {
 	if n.onEvent == nil {
 		return
@@ -92,7 +91,6 @@ func (n *notifier) put(it notice, dropped *atomic.Uint64) {
 	select {
 	case n.ch <- it:
 	default:
-		n.dropped.Add(1)
 		if dropped != nil {
 			dropped.Add(1)
 		}

@@ -423,7 +423,7 @@ const maxShownURL = 256
 // showURL returns a URL or host quoted for an error text: without
 // userinfo, query string and fragment (they may carry secrets), valid
 // UTF-8, and cut visibly after maxShownURL bytes.
-func showURL(s string) string { return strconv.Quote(capTo(spanURL(s), maxShownURL)) }
+func showURL(s string) string { return strconv.Quote(shownURL(s)) }
 
 // hostSpellingProblem explains why a host that is not a canonical IP
 // literal (netip.ParseAddr refused it) is refused, or returns "".

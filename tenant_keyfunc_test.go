@@ -12,6 +12,7 @@ import (
 
 	"github.com/jwkscache/jwkscache"
 	"github.com/jwkscache/jwkscache/internal/testidp"
+	"github.com/jwkscache/jwkscache/jwkscachetest"
 )
 
 // tkManager returns a Manager answered in memory by idp (for synctest).
@@ -276,4 +277,29 @@ func BenchmarkTenantKeyfunc(b *testing.B) {
 			}
 		})
 	}
+}
+
+// Every refusal of Keyfunc names the tenant, provider and URL: the token's
+// faults (kid header type, algorithm, issuer) included.
+func TestKeyfuncErrorsNameProvider(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		idp, keys := testidp.NewDefault()
+		m := tkManager(t, idp)
+		url := "https://idp.test" + testidp.DefaultPath
+		if err := m.Register(t.Context(), jwkscache.Registration{TenantID: "acme", ProviderID: "idp", JWKSURL: url, Issuer: "https://idp.test/"}); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		for name, raw := range map[string]string{
+			"wrong issuer":     keys[1].Sign(tkClaims("https://evil.test/")),
+			"alg none":         jwkscachetest.UnsignedToken(tkClaims("https://idp.test/"), map[string]any{"kid": keys[1].KID}),
+			"kid not a string": keys[1].SignWith(tkClaims("https://idp.test/"), map[string]any{"kid": 7}),
+		} {
+			_, err := jwt.Parse(raw, m.Keyfunc("acme", "idp"))
+			var pe *jwkscache.ProviderError
+			if !errors.As(err, &pe) || pe.TenantID != "acme" || pe.ProviderID != "idp" || pe.URL != url {
+				t.Errorf("%s: %v, want a ProviderError naming acme/idp and %s", name, err, url)
+			}
+		}
+	})
 }
