@@ -109,7 +109,10 @@ func TestMetricsTwoTenants(t *testing.T) {
 			t.Fatal(err)
 		}
 		synctest.Wait() // acme's first load runs in the background
-		// globex: a lookup at once waits for the cold load (a miss), then a hit.
+		// globex: a lookup at once waits for the cold load (a miss), then a
+		// hit. The IdP answers after a second, so the background load cannot
+		// finish before the first lookup.
+		idp.SetFault("/globex/jwks.json", testidp.Fault{Delay: time.Second, Count: 1})
 		if err := m.Register(ctx, Registration{TenantID: "globex", ProviderID: "okta", JWKSURL: mtBase + "/globex/jwks.json"}); err != nil {
 			t.Fatal(err)
 		}
