@@ -988,9 +988,11 @@ func TestRefreshOutageBeyondStaleWindow(t *testing.T) {
 		t.Logf("2h outage with a 10m stale window: %d lookups served (stale or fresh), %d failed with ErrNoKeys; %d requests",
 			okBefore, failAfter, len(e.rec.times(rtPath))-before)
 
+		// Empty, or Loading when a background retry happens to be waiting
+		// between its attempts right now (the backoff is random).
 		st := e.status()
-		if st.State != StateEmpty || st.ErrorCount == 0 || st.LastError == "" || st.LastErrorClass != string(ClassStatus) || len(st.Keys) != 0 {
-			t.Errorf("after 2h: %v errors=%d class=%q keys=%d %q, want Empty with a status error and no keys",
+		if st.State != StateEmpty && st.State != StateLoading || st.ErrorCount == 0 || st.LastError == "" || st.LastErrorClass != string(ClassStatus) || len(st.Keys) != 0 {
+			t.Errorf("after 2h: %v errors=%d class=%q keys=%d %q, want Empty (or Loading) with a status error and no keys",
 				st.State, st.ErrorCount, st.LastErrorClass, len(st.Keys), st.LastError)
 		}
 		_, err := e.m.Key(ctx, rtTenant, rtProvider, "rsa-1")
