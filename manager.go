@@ -45,6 +45,7 @@ type Manager struct {
 	docs      *documents // likewise
 	panics    atomic.Uint64
 	collector *collector // registered on opts.Registerer; nil without one
+	persist   *persister // runs the Store's calls; nil without a Store
 	// flights shares one fetch per provider among every caller: the
 	// scheduler, lookups of a cold provider or an unknown kid, Refresh. One
 	// group for all providers keeps its map small: entries live only while
@@ -92,6 +93,10 @@ func New(opts Options) (*Manager, error) {
 		m.collector = c
 	}
 	m.notify = newNotifier(opts.OnEvent, opts.Logger, &m.panics)
+	if opts.Store != nil {
+		m.persist = newPersister(m, &opts)
+		m.persist.start(m.ctx)
+	}
 	m.wg.Add(1 + opts.RefreshWorkers)
 	go func() {
 		defer m.wg.Done()
@@ -200,7 +205,16 @@ func (m *Manager) notRegistered(tenant, providerID string) error {
 // fairness (a slow provider stays slow).
 //
 // Register does not wait for the keys; a lookup waits for the first load.
+// With a Store (Options.Store), the registration is saved there in the
+// background, and a new provider's first load restores its stored
+// snapshot before any fetch.
 func (m *Manager) Register(ctx context.Context, reg Registration) error {
+	return m.register(ctx, reg, true)
+}
+
+// register is Register; save says whether to save the registration in the
+// Store (not when Restore read it from there).
+func (m *Manager) register(ctx context.Context, reg Registration, save bool) error {
 	if m.closed.Load() {
 		return ErrClosed
 	}
@@ -223,6 +237,11 @@ func (m *Manager) Register(ctx context.Context, reg Registration) error {
 			Field:   "issuer",
 			Message: fmt.Sprintf("provider %q of tenant %q already has this issuer", other.key.provider, r.TenantID),
 		}}}
+	}
+	if save && m.persist != nil {
+		// Queued under registry.mu, so that the Store sees Register and
+		// Unregister of a pair in the order they took effect.
+		m.persist.write(r.key(), pendingWrite{reg: encodeRegistration(&reg, m.persist.keys)})
 	}
 	if p := m.providers.get(r.TenantID, r.ProviderID); p != nil {
 		old := p.registration().Issuer
@@ -293,7 +312,8 @@ func sourceChanged(a, b *Registration) bool {
 }
 
 // Unregister removes a provider. Its keys stop being served at once and a
-// fetch in flight is discarded.
+// fetch in flight is discarded. With a Store, its registration and
+// snapshot records are deleted there in the background.
 func (m *Manager) Unregister(ctx context.Context, tenant, providerID string) error {
 	if m.closed.Load() {
 		return ErrClosed
@@ -317,6 +337,10 @@ func (m *Manager) Unregister(ctx context.Context, tenant, providerID string) err
 		m.fetcher.releasePins(p.registration().pins())
 	}()
 	p.emit(evs)
+	if m.persist != nil {
+		m.persist.write(p.key, pendingWrite{del: true})
+		m.persist.forget(p.key)
+	}
 	// A reader that found p just before may still count a hit into its
 	// slot: the slot is reused only once p is unreachable (see hitCounter).
 	return nil

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
@@ -93,13 +94,44 @@ type Options struct {
 	// tenants than the limit too, into one for all (tenant="" and
 	// provider=""). Default: 10,000.
 	MetricsProviderLimit int
+
+	// Store, when set, persists registrations and snapshots (see Store):
+	// a provider's first load restores its stored snapshot, with the
+	// lifetime it had left, before any fetch; Restore re-registers the
+	// providers registered at run time. A FleetStore (store/redisstore)
+	// also coordinates a fleet of Managers, so that they cost each
+	// identity provider about one fetch per TTL between them. Store calls
+	// run on goroutines of the Manager's own, never on a lookup, and a
+	// failing Store only degrades the Manager to memory (see
+	// ProviderStatus.StoreError). The caller owns the Store: Close does
+	// not close it. Default: nil, memory only.
+	Store Store
+
+	// StoreKeys authenticate the records written to the Store with
+	// HMAC-SHA256: the first key signs, any of them verifies (list the new
+	// key first to rotate, and drop the old one once every record has been
+	// rewritten). With keys set, a record without a valid MAC is refused.
+	// Without keys, records carry only a checksum, which detects
+	// corruption, not forgery: whoever can write to the Store (a shared
+	// Redis, say) can then plant signing keys that this Manager will
+	// serve. Each key must be at least 32 bytes. Default: none.
+	StoreKeys [][]byte
+
+	// StoreTimeout bounds each Store call, and so how long a refresh
+	// (never a warm lookup) waits for the Store before going on without
+	// it. Default: 1s.
+	StoreTimeout time.Duration
 }
 
 // Option defaults.
 const (
 	DefaultRefreshWorkers         = 8
 	DefaultMaxUnknownKIDRefreshes = 50
+	DefaultStoreTimeout           = time.Second
 )
+
+// minStoreKey is the shortest accepted StoreKeys entry.
+const minStoreKey = 32
 
 func (o Options) withDefaults() Options {
 	o.AllowedDomains = cloneStrings(o.AllowedDomains)
@@ -107,6 +139,12 @@ func (o Options) withDefaults() Options {
 	setDefault(&o.RefreshWorkers, DefaultRefreshWorkers)
 	setDefault(&o.MaxUnknownKIDRefreshes, DefaultMaxUnknownKIDRefreshes)
 	setDefault(&o.MetricsProviderLimit, DefaultMetricsProviderLimit)
+	setDefault(&o.StoreTimeout, DefaultStoreTimeout)
+	keys := make([][]byte, len(o.StoreKeys))
+	for i, k := range o.StoreKeys {
+		keys[i] = append([]byte(nil), k...)
+	}
+	o.StoreKeys = keys
 	return o
 }
 
@@ -135,6 +173,17 @@ func (o *Options) validate() error {
 	}
 	if o.MetricsProviderLimit < 0 {
 		bad("MetricsProviderLimit", "must not be negative, got %d", o.MetricsProviderLimit)
+	}
+	if o.StoreTimeout < 0 {
+		bad("StoreTimeout", "must not be negative, got %v", o.StoreTimeout)
+	}
+	if len(o.StoreKeys) > 0 && o.Store == nil {
+		bad("StoreKeys", "set without a Store")
+	}
+	for i, k := range o.StoreKeys {
+		if len(k) < minStoreKey {
+			bad(fmt.Sprintf("StoreKeys[%d]", i), "must be at least %d bytes, got %d", minStoreKey, len(k)) // the length only: never the key
+		}
 	}
 	if len(e.Fields) > 0 {
 		return e

@@ -72,8 +72,10 @@ type outcome struct {
 	err    error
 	source snapshotSource
 	took   time.Duration
+	lease  Lease // the fleet lease this refresh holds; nil when none
 
 	// Set by apply.
+	saved          *snapshot // the snapshot a success stored, for the Store
 	result         refreshResult
 	added, removed []string // kids, when the key set changed
 	recovered      int      // consecutive failures this success ended
@@ -240,6 +242,11 @@ func (p *provider) doRefresh(why flightReason) error {
 		return err
 	}
 	p.emit(evs)
+	if m.persist != nil {
+		if done, err := p.storeStep(o); done {
+			return err
+		}
+	}
 
 	ctx, span := p.startRefreshSpan(o) // tracing.go: a root span on m.ctx
 	defer span.abort()
@@ -266,9 +273,13 @@ func (p *provider) doRefresh(why flightReason) error {
 		p.mu.Lock()
 		p.inflight = false
 		p.mu.Unlock()
-		return span.end(o, ErrClosed)
+		return span.end(o, ErrClosed) // a lease lapses by itself
 	}
-	return span.end(o, p.apply(o))
+	err = p.apply(o)
+	if m.persist != nil {
+		p.persistOutcome(o, err)
+	}
+	return span.end(o, err)
 }
 
 // apply records a refresh outcome: the new snapshot, the error count, the
@@ -369,6 +380,7 @@ func (p *provider) applyLocked(o *outcome, now time.Time, evs []Event) []Event {
 				p.disc = &discoveryState{val: o.disc.Validators, expires: o.disc.FetchedAt.Add(o.disc.Fresh.TTL)}
 			}
 			p.snap.Store(ns)
+			o.saved = ns
 			p.endStaleLocked()
 			if o.seq > p.okSeq.Load() {
 				p.okSeq.Store(o.seq)

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -38,9 +39,6 @@ const (
 	DefaultMaxBackoff     = 2 * time.Second
 	DefaultDeadline       = 8 * time.Second
 
-	// minTTLFloor is the hard floor of MinTTL: no setting makes the cache
-	// fetch a provider more often than this in the steady state.
-	minTTLFloor = 30 * time.Second
 	// maxKeysPerSet bounds the keys parsed from one document.
 	maxKeysPerSet = 100
 	maxIDLen      = 64
@@ -191,6 +189,21 @@ func (r *Registration) discoveryURL() string {
 	return strings.TrimSuffix(r.Issuer, "/") + "/.well-known/openid-configuration"
 }
 
+// ttlFloor is the hard floor of MinTTL: no setting makes the cache fetch a
+// provider more often than this in the steady state. It is a variable only
+// so that the package's own tests can run refresh cycles of real stores in
+// seconds (see export_test.go); nothing else changes it.
+var ttlFloor atomic.Int64
+
+const defaultTTLFloor = 30 * time.Second
+
+func minTTLFloor() time.Duration {
+	if f := ttlFloor.Load(); f > 0 {
+		return time.Duration(f)
+	}
+	return defaultTTLFloor
+}
+
 // providerKey addresses one provider.
 type providerKey struct{ tenant, provider string }
 
@@ -277,8 +290,8 @@ func (r *Registration) validate(pol urlPolicy) error {
 	if r.RefreshEarly < time.Second {
 		bad("refreshEarly", "must be at least 1s, got %v", r.RefreshEarly)
 	}
-	if r.MinTTL < minTTLFloor {
-		bad("minTtl", "must be at least %v, got %v", minTTLFloor, r.MinTTL)
+	if floor := minTTLFloor(); r.MinTTL < floor {
+		bad("minTtl", "must be at least %v, got %v", floor, r.MinTTL)
 	}
 	if r.MaxTTL < r.MinTTL {
 		bad("maxTtl", "must be at least minTtl (%v), got %v", r.MinTTL, r.MaxTTL)

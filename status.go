@@ -57,6 +57,13 @@ type ProviderStatus struct {
 	// were dropped because the delivery queue was full (a slow OnEvent or
 	// log handler); see Options.OnEvent.
 	EventsDropped uint64 `json:"eventsDropped"`
+	// StoreError is the latest failed Store call about this provider
+	// (Options.Store), "" once a later one succeeded. The provider is
+	// served from memory meanwhile.
+	StoreError string `json:"storeError,omitempty"`
+	// StoreRefused counts the stored records of this provider refused on
+	// reading (checksum, MAC, owner, size, age); they are never served.
+	StoreRefused uint64 `json:"storeRefused,omitempty"`
 }
 
 // Status returns the status of one provider.
@@ -106,6 +113,9 @@ func (p *provider) status() ProviderStatus {
 		st.LastSuccess = p.met.rare.lastSuccess
 	}
 	p.mu.Unlock()
+	if ps := p.m.persist; ps != nil {
+		st.StoreError, st.StoreRefused = ps.status(p.key)
+	}
 	if st.JWKSURL == "" && reg.usesDiscovery() {
 		st.JWKSURL = reg.discoveryURL()
 	}

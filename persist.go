@@ -1,0 +1,705 @@
+package jwkscache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The persister runs every Store call of a Manager. Store code is user
+// code: it runs on the persister's own goroutines, never on a lookup, a
+// refresh worker, the scheduler or under an engine lock. The engine hands
+// it work and, where it needs an answer (a restore, a fleet lease), waits
+// on a channel for at most Options.StoreTimeout: a Store that hangs costs a
+// refresh that long, never a warm lookup anything.
+//
+// Writes (registrations, deletions, snapshots) are coalesced per pair, so
+// that a Store that is down or slow holds at most one pending write set
+// per provider, and the latest one is written when it answers again.
+type persister struct {
+	m       *Manager
+	store   Store
+	fleet   FleetStore // store, when it coordinates a fleet; else nil
+	keys    macKeys
+	timeout time.Duration
+
+	jobs chan func()   // calls waiting for a store goroutine
+	kick chan struct{} // wakes the writer
+	// down is set by a failed call and cleared by a successful one (the
+	// writer's retries probe): while it is set, reads and leases are not
+	// tried, so an unreachable store costs a refresh nothing.
+	down atomic.Bool
+
+	mu      sync.Mutex // guards the fields below; a leaf lock
+	dirty   map[providerKey]*pendingWrite
+	queue   []providerKey // dirty pairs in the order they became dirty
+	waiters map[providerKey][]chan struct{}
+	pairs   map[providerKey]*pairStoreState
+	lastErr string // the latest store failure, for Manager-wide reporting
+
+	// Counters read by Status and the metrics Collector.
+	opErrors  [numStoreOps]atomic.Uint64
+	refused   [numRefusedReasons]atomic.Uint64
+	restored  atomic.Uint64 // snapshots restored at a first load
+	adopted   atomic.Uint64 // snapshots adopted from the fleet
+	leases    [3]atomic.Uint64
+	committed atomic.Uint64
+	pending   atomic.Int64 // pairs with writes not yet done
+}
+
+// pendingWrite is what remains to be written for one pair, in this order:
+// the deletion, the registration, the snapshot.
+type pendingWrite struct {
+	del      bool
+	reg      []byte
+	snap     []byte
+	snapDead time.Time // the snapshot's expireAt
+}
+
+// pairStoreState is what Status shows of one pair's store calls.
+type pairStoreState struct {
+	lastErr string
+	refused uint64
+}
+
+// Store operations, as they label jwks_cache_store_errors_total.
+type storeOp uint8
+
+const (
+	opLoad storeOp = iota
+	opSave
+	opDelete
+	opLoadRegistrations
+	opLease
+	opCommit
+	opSubscribe
+	numStoreOps
+)
+
+var storeOpNames = [numStoreOps]string{"load", "save", "delete", "load_registrations", "lease", "commit", "subscribe"}
+
+var refusedReasons = [...]string{refusedFormat, refusedSize, refusedSum, refusedMAC, refusedOwner, refusedContent, refusedExpired}
+
+const numRefusedReasons = len(refusedReasons)
+
+// refusedExpired is a snapshot record past its stale window, or with
+// times the registration does not allow.
+const refusedExpired = "expired"
+
+// Lease outcomes, as they label jwks_cache_fleet_leases_total.
+const (
+	leaseAcquired = iota
+	leaseHeld
+	leaseFailed
+)
+
+var leaseNames = [...]string{"acquired", "held", "error"}
+
+// storeWorkers is the number of goroutines running store calls.
+const storeWorkers = 4
+
+// errStoreDown and errStoreBusy are why a store call was not tried.
+var (
+	errStoreDown = errors.New("jwkscache: store unavailable; retrying in the background")
+	errStoreBusy = errors.New("jwkscache: store calls queue is full")
+)
+
+// StoreError is a failed Store call. It wraps the Store's error.
+type StoreError struct {
+	Op         string // load, save, delete, load_registrations, lease, commit, subscribe
+	TenantID   string // "" for calls not about one pair
+	ProviderID string
+	Err        error
+}
+
+func (e *StoreError) Error() string {
+	who := ""
+	if e.TenantID != "" || e.ProviderID != "" {
+		who = " " + showID(e.TenantID) + "/" + showID(e.ProviderID)
+	}
+	return "jwkscache: store " + e.Op + who + ": " + capText(e.Err.Error())
+}
+
+func (e *StoreError) Unwrap() error { return e.Err }
+
+func newPersister(m *Manager, opts *Options) *persister {
+	ps := &persister{
+		m:       m,
+		store:   opts.Store,
+		keys:    macKeys(opts.StoreKeys),
+		timeout: opts.StoreTimeout,
+		jobs:    make(chan func(), 256),
+		kick:    make(chan struct{}, 1),
+		dirty:   make(map[providerKey]*pendingWrite),
+		waiters: make(map[providerKey][]chan struct{}),
+		pairs:   make(map[providerKey]*pairStoreState),
+	}
+	ps.fleet, _ = opts.Store.(FleetStore)
+	return ps
+}
+
+// start launches the store goroutines; the Manager's wait group tracks them.
+func (ps *persister) start(ctx context.Context) {
+	m := ps.m
+	n := storeWorkers + 1
+	if ps.fleet != nil {
+		n++
+	}
+	m.wg.Add(n)
+	for range storeWorkers {
+		go func() {
+			defer m.wg.Done()
+			for {
+				select {
+				case job := <-ps.jobs:
+					job()
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
+	go func() {
+		defer m.wg.Done()
+		ps.writer(ctx)
+	}()
+	if ps.fleet != nil {
+		go func() {
+			defer m.wg.Done()
+			ps.subscribe(ctx)
+		}()
+	}
+}
+
+// call runs fn on a store goroutine with a context bounded by the store
+// timeout, and waits for it as long. A call not tried (store down, queue
+// full) or not answered in time returns an error at once, and the engine
+// goes on without the store.
+func (ps *persister) call(op storeOp, key providerKey, fn func(ctx context.Context) error) error {
+	if ps.down.Load() && op != opSave && op != opDelete {
+		return &StoreError{Op: storeOpNames[op], TenantID: key.tenant, ProviderID: key.provider, Err: errStoreDown}
+	}
+	done := make(chan error, 1)
+	job := func() {
+		ctx, cancel := context.WithTimeout(ps.m.ctx, ps.timeout)
+		defer cancel()
+		done <- fn(ctx)
+	}
+	select {
+	case ps.jobs <- job:
+	default:
+		return ps.failed(op, key, errStoreBusy)
+	}
+	t := time.NewTimer(ps.timeout + ps.timeout/4) // the store's own ctx expires first
+	defer t.Stop()
+	select {
+	case err := <-done:
+		if err != nil && !errors.Is(err, ErrStoreNotFound) {
+			return ps.failed(op, key, err)
+		}
+		ps.ok(key)
+		return err
+	case <-t.C:
+		return ps.failed(op, key, context.DeadlineExceeded)
+	case <-ps.m.ctx.Done():
+		return ErrClosed
+	}
+}
+
+// failed records a failed call and returns its error.
+func (ps *persister) failed(op storeOp, key providerKey, err error) *StoreError {
+	se := &StoreError{Op: storeOpNames[op], TenantID: key.tenant, ProviderID: key.provider, Err: err}
+	ps.opErrors[op].Add(1)
+	if !errors.Is(err, errStoreBusy) {
+		ps.down.Store(true)
+	}
+	msg := se.Error()
+	ps.mu.Lock()
+	ps.lastErr = msg
+	if key != (providerKey{}) {
+		ps.pairLocked(key).lastErr = msg
+	}
+	ps.mu.Unlock()
+	return se
+}
+
+// ok records a call that reached the store.
+func (ps *persister) ok(key providerKey) {
+	ps.down.Store(false)
+	if key == (providerKey{}) {
+		return
+	}
+	ps.mu.Lock()
+	if st := ps.pairs[key]; st != nil {
+		st.lastErr = ""
+	}
+	ps.mu.Unlock()
+}
+
+func (ps *persister) pairLocked(key providerKey) *pairStoreState {
+	st := ps.pairs[key]
+	if st == nil {
+		st = new(pairStoreState)
+		ps.pairs[key] = st
+	}
+	return st
+}
+
+// refuse counts a stored record refused on reading, and logs why.
+func (ps *persister) refuse(p *provider, op string, err error) {
+	reason, _ := isRecordError(err)
+	for i, r := range refusedReasons {
+		if r == reason {
+			ps.refused[i].Add(1)
+		}
+	}
+	if p != nil {
+		ps.mu.Lock()
+		ps.pairLocked(p.key).refused++
+		ps.mu.Unlock()
+	}
+	var attrs []slog.Attr
+	if p != nil {
+		attrs = append(attrs, slog.String("tenant", p.key.tenant), slog.String("provider", p.key.provider))
+	}
+	ps.m.logf(p, slog.LevelWarn, "jwkscache: stored "+op+" record refused",
+		append(attrs, slog.String("reason", reason), slog.String("error", err.Error()))...)
+}
+
+// status returns what Status shows of p's store calls.
+func (ps *persister) status(key providerKey) (lastErr string, refused uint64) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if st := ps.pairs[key]; st != nil {
+		return st.lastErr, st.refused
+	}
+	return "", 0
+}
+
+// forget drops what the persister remembers of an unregistered pair, but
+// its pending writes (the deletion among them).
+func (ps *persister) forget(key providerKey) {
+	ps.mu.Lock()
+	delete(ps.pairs, key)
+	ps.mu.Unlock()
+}
+
+// --- Writes ---
+
+// write merges w into the pair's pending writes and wakes the writer.
+func (ps *persister) write(key providerKey, w pendingWrite) {
+	ps.mu.Lock()
+	cur := ps.dirty[key]
+	if cur == nil {
+		cur = new(pendingWrite)
+		ps.dirty[key] = cur
+		ps.queue = append(ps.queue, key)
+		ps.pending.Add(1)
+	}
+	if w.del {
+		*cur = pendingWrite{del: true}
+	}
+	if w.reg != nil {
+		cur.reg = w.reg
+	}
+	if w.snap != nil {
+		cur.snap, cur.snapDead = w.snap, w.snapDead
+	}
+	ps.mu.Unlock()
+	select {
+	case ps.kick <- struct{}{}:
+	default:
+	}
+}
+
+// saveSnapshot queues the record of p's snapshot s.
+func (ps *persister) saveSnapshot(p *provider, s *snapshot) {
+	rec := encodeSnapshot(p.key, s, p.registration().usesDiscovery(), ps.keys)
+	ps.write(p.key, pendingWrite{snap: rec, snapDead: s.staleUntil})
+}
+
+// Writer backoff after a failed write.
+const (
+	writeRetryMin = time.Second
+	writeRetryMax = 30 * time.Second
+)
+
+// writer performs the pending writes, oldest first, and retries failed
+// ones with backoff until the store answers. At Close it makes one last
+// pass within the close timeout.
+func (ps *persister) writer(ctx context.Context) {
+	backoff := time.Duration(0)
+	var retry *time.Timer
+	for {
+		var wake <-chan time.Time
+		if retry != nil {
+			wake = retry.C
+		}
+		select {
+		case <-ps.kick:
+			if backoff > 0 {
+				continue // failing: wait for the retry timer
+			}
+		case <-wake:
+			retry = nil
+		case <-ctx.Done():
+			if retry != nil {
+				retry.Stop()
+			}
+			ps.flush(closeTimeout * 3 / 4)
+			return
+		}
+		if ps.drain(ctx) {
+			backoff = 0
+			continue
+		}
+		backoff = min(max(2*backoff, writeRetryMin), writeRetryMax)
+		retry = time.NewTimer(backoff)
+	}
+}
+
+// drain writes every pending pair; false when a write failed (the pair is
+// pending again, merged under anything queued since).
+func (ps *persister) drain(ctx context.Context) bool {
+	for ctx.Err() == nil {
+		key, w, ok := ps.next()
+		if !ok {
+			return true
+		}
+		if err := ps.perform(ctx, key, w, ps.timeout); err != nil {
+			ps.requeue(key, w)
+			return false
+		}
+	}
+	return true
+}
+
+// flush makes one pass over the pending writes at Close, within d.
+func (ps *persister) flush(d time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	for ctx.Err() == nil {
+		key, w, ok := ps.next()
+		if !ok {
+			return
+		}
+		if ps.perform(ctx, key, w, d) != nil {
+			return
+		}
+	}
+}
+
+func (ps *persister) next() (providerKey, *pendingWrite, bool) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	for len(ps.queue) > 0 {
+		key := ps.queue[0]
+		ps.queue = ps.queue[1:]
+		if w := ps.dirty[key]; w != nil {
+			delete(ps.dirty, key)
+			ps.pending.Add(-1)
+			return key, w, true
+		}
+	}
+	ps.queue = nil // let the backing array go
+	return providerKey{}, nil, false
+}
+
+// requeue puts back the writes of a failed pass, under anything queued
+// for the pair since (which is newer).
+func (ps *persister) requeue(key providerKey, w *pendingWrite) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if cur := ps.dirty[key]; cur != nil {
+		if cur.del {
+			return // newer deletion: the old writes are void
+		}
+		w.del = w.del || cur.del
+		if cur.reg != nil {
+			w.reg = cur.reg
+		}
+		if cur.snap != nil {
+			w.snap, w.snapDead = cur.snap, cur.snapDead
+		}
+	} else {
+		ps.pending.Add(1)
+	}
+	ps.dirty[key] = w
+	ps.queue = append([]providerKey{key}, ps.queue...)
+}
+
+// perform runs one pair's writes on the writer goroutine (a store
+// goroutine), each bounded by d. What succeeded is cleared from w.
+func (ps *persister) perform(parent context.Context, key providerKey, w *pendingWrite, d time.Duration) error {
+	step := func(op storeOp, fn func(ctx context.Context) error) error {
+		ctx, cancel := context.WithTimeout(parent, d)
+		defer cancel()
+		if err := fn(ctx); err != nil {
+			return ps.failed(op, key, err)
+		}
+		ps.ok(key)
+		return nil
+	}
+	if w.del {
+		if err := step(opDelete, func(ctx context.Context) error { return ps.store.Delete(ctx, key.tenant, key.provider) }); err != nil {
+			return err
+		}
+		w.del = false
+	}
+	if w.reg != nil {
+		if err := step(opSave, func(ctx context.Context) error {
+			return ps.store.SaveRegistration(ctx, key.tenant, key.provider, w.reg)
+		}); err != nil {
+			return err
+		}
+		w.reg = nil
+	}
+	if w.snap != nil {
+		if time.Now().Before(w.snapDead) {
+			if err := step(opSave, func(ctx context.Context) error {
+				return ps.store.SaveSnapshot(ctx, key.tenant, key.provider, w.snap, w.snapDead)
+			}); err != nil {
+				return err
+			}
+		}
+		w.snap = nil
+	}
+	return nil
+}
+
+// --- Reads ---
+
+// load reads and checks p's stored snapshot under reg. It returns nil when
+// there is none, the store fails (recorded) or the record is refused
+// (counted and logged).
+func (ps *persister) load(p *provider, reg *Registration, now time.Time) *restoredSnapshot {
+	var raw []byte
+	err := ps.call(opLoad, p.key, func(ctx context.Context) error {
+		b, err := ps.store.LoadSnapshot(ctx, p.key.tenant, p.key.provider)
+		raw = b
+		return err
+	})
+	if err != nil {
+		return nil
+	}
+	return ps.check(p, reg, raw, now)
+}
+
+// loadHere is load for code already on a store goroutine.
+func (ps *persister) loadHere(p *provider, reg *Registration, now time.Time) *restoredSnapshot {
+	ctx, cancel := context.WithTimeout(ps.m.ctx, ps.timeout)
+	defer cancel()
+	raw, err := ps.store.LoadSnapshot(ctx, p.key.tenant, p.key.provider)
+	if err != nil {
+		if !errors.Is(err, ErrStoreNotFound) {
+			ps.failed(opLoad, p.key, err)
+		}
+		return nil
+	}
+	ps.ok(p.key)
+	return ps.check(p, reg, raw, now)
+}
+
+// check decodes and checks a stored snapshot record of p.
+func (ps *persister) check(p *provider, reg *Registration, raw []byte, now time.Time) *restoredSnapshot {
+	r, err := decodeSnapshot(p.key, reg, ps.m.fetcher.policyFor(reg), raw, ps.keys)
+	if err == nil {
+		err = r.checkTimes(reg, now)
+	}
+	if err != nil {
+		ps.refuse(p, "snapshot", err)
+		return nil
+	}
+	return r
+}
+
+// checkTimes refuses a restored snapshot that is past its stale window
+// under reg, or whose lifetime reg does not allow (a record from the
+// future, or with a TTL over MaxTTL). The stale window is reg's own, not
+// the record's: StaleWhileError may have changed since it was saved.
+func (r *restoredSnapshot) checkTimes(reg *Registration, now time.Time) error {
+	const skew = time.Minute
+	fetched, expires := r.fetchedAt(), r.expiresAt()
+	switch {
+	case fetched.After(now.Add(skew)):
+		return &recordError{refusedExpired, "fetched in the future"}
+	case expires.Sub(fetched) > reg.MaxTTL+time.Second:
+		return &recordError{refusedExpired, fmt.Sprintf("a TTL of %v, over MaxTTL", expires.Sub(fetched))}
+	case !now.Before(expires.Add(reg.staleWindow())):
+		return &recordError{refusedExpired, "past its stale window"}
+	}
+	return nil
+}
+
+// --- Fleet ---
+
+// leaseTTL is how long a fleet lease lasts: the longest a refresh may take
+// (Retry.Deadline, discovery included) and a margin for the commit.
+func leaseTTL(reg *Registration) time.Duration { return reg.Retry.Deadline + 2*time.Second }
+
+// tryLease takes p's fleet lease. It returns nil, nil when another instance
+// holds it, and an error when the store could not be asked.
+func (ps *persister) tryLease(p *provider, reg *Registration) (Lease, error) {
+	var l Lease
+	err := ps.call(opLease, p.key, func(ctx context.Context) error {
+		var err error
+		l, err = ps.fleet.TryLease(ctx, p.key.tenant, p.key.provider, leaseTTL(reg))
+		return err
+	})
+	switch {
+	case err != nil:
+		ps.leases[leaseFailed].Add(1)
+		return nil, err
+	case l == nil:
+		ps.leases[leaseHeld].Add(1)
+	default:
+		ps.leases[leaseAcquired].Add(1)
+	}
+	return l, nil
+}
+
+// commit saves s under the lease, publishes its hash and releases the
+// lease, on a store goroutine; the refresh does not wait for it. A failed
+// commit leaves the snapshot to the writer.
+func (ps *persister) commit(p *provider, l Lease, s *snapshot) {
+	rec := encodeSnapshot(p.key, s, p.registration().usesDiscovery(), ps.keys)
+	note := bytes.Clone(s.doc.hash[:])
+	job := func() {
+		ctx, cancel := context.WithTimeout(ps.m.ctx, ps.timeout)
+		defer cancel()
+		if err := l.Commit(ctx, rec, s.staleUntil, note); err != nil {
+			ps.failed(opCommit, p.key, err)
+			ps.write(p.key, pendingWrite{snap: rec, snapDead: s.staleUntil})
+			return
+		}
+		ps.ok(p.key)
+		ps.committed.Add(1)
+	}
+	select {
+	case ps.jobs <- job:
+	default:
+		ps.failed(opCommit, p.key, errStoreBusy)
+		ps.write(p.key, pendingWrite{snap: rec, snapDead: s.staleUntil})
+		ps.release(l) // lapses by itself if this cannot run either
+	}
+}
+
+// release gives a lease up on a store goroutine.
+func (ps *persister) release(l Lease) {
+	job := func() {
+		ctx, cancel := context.WithTimeout(ps.m.ctx, ps.timeout)
+		defer cancel()
+		_ = l.Release(ctx) // a lease not released lapses by itself
+	}
+	select {
+	case ps.jobs <- job:
+	default:
+	}
+}
+
+// waitNote waits until another instance commits p's snapshot, at most d.
+func (ps *persister) waitNote(key providerKey, d time.Duration) {
+	ch := make(chan struct{})
+	ps.mu.Lock()
+	ps.waiters[key] = append(ps.waiters[key], ch)
+	ps.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return // removed by the notifier
+	case <-t.C:
+	case <-ps.m.ctx.Done():
+	}
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	ws := ps.waiters[key]
+	for i, w := range ws {
+		if w == ch {
+			ws = append(ws[:i:i], ws[i+1:]...)
+			break
+		}
+	}
+	if len(ws) == 0 {
+		delete(ps.waiters, key)
+	} else {
+		ps.waiters[key] = ws
+	}
+}
+
+// Subscribe retry backoff.
+const (
+	subscribeRetryMin = time.Second
+	subscribeRetryMax = 30 * time.Second
+)
+
+// subscribe establishes the fleet subscription, retrying until it holds
+// (the FleetStore keeps it up from then on).
+func (ps *persister) subscribe(ctx context.Context) {
+	backoff := subscribeRetryMin
+	for {
+		err := ps.fleet.Subscribe(ctx, ps.onNote)
+		if err == nil {
+			ps.ok(providerKey{})
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		ps.failed(opSubscribe, providerKey{}, err)
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+		backoff = min(2*backoff, subscribeRetryMax)
+	}
+}
+
+// onNote is called by the FleetStore when an instance committed a pair's
+// snapshot. It wakes the refreshes waiting for that commit; otherwise, if
+// the keys changed, it adopts them on a store goroutine. It never blocks.
+func (ps *persister) onNote(tenantID, providerID string, note []byte) {
+	key := providerKey{tenantID, providerID}
+	ps.mu.Lock()
+	ws := ps.waiters[key]
+	delete(ps.waiters, key)
+	ps.mu.Unlock()
+	for _, ch := range ws {
+		close(ch)
+	}
+	if len(ws) > 0 {
+		return // the waiting refresh adopts it
+	}
+	p := ps.m.providers.get(tenantID, providerID)
+	if p == nil {
+		return
+	}
+	if s := p.snap.Load(); s != nil && bytes.Equal(s.doc.hash[:], note) {
+		return // the keys we have (a renewal: our own schedule takes it)
+	}
+	job := func() {
+		if !ps.m.enter() {
+			return
+		}
+		defer ps.m.leave()
+		if p.removed.Load() {
+			return
+		}
+		reg := p.registration()
+		if r := ps.loadHere(p, reg, time.Now()); r != nil {
+			p.adoptNoted(r, reg)
+		}
+	}
+	select {
+	case ps.jobs <- job:
+	default: // the next refresh checks the store anyway
+	}
+}
