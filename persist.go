@@ -271,6 +271,16 @@ func (ps *persister) refuse(p *provider, op string, err error) {
 		append(attrs, slog.String("reason", reason), slog.String("error", err.Error()))...)
 }
 
+// refusedCount returns the records refused for reason.
+func (ps *persister) refusedCount(reason string) uint64 {
+	for i, r := range refusedReasons {
+		if r == reason {
+			return ps.refused[i].Load()
+		}
+	}
+	return 0
+}
+
 // status returns what Status shows of p's store calls.
 func (ps *persister) status(key providerKey) (lastErr string, refused uint64) {
 	ps.mu.Lock()
@@ -544,23 +554,31 @@ func leaseTTL(reg *Registration) time.Duration { return reg.Retry.Deadline + 2*t
 
 // tryLease takes p's fleet lease. It returns nil, nil when another instance
 // holds it, and an error when the store could not be asked.
-func (ps *persister) tryLease(p *provider, reg *Registration) (Lease, error) {
-	var l Lease
+// Either way it returns the stored snapshot, checked, when there is one.
+func (ps *persister) tryLease(p *provider, reg *Registration) (Lease, *restoredSnapshot, error) {
+	var (
+		l   Lease
+		raw []byte
+	)
 	err := ps.call(opLease, p.key, func(ctx context.Context) error {
 		var err error
-		l, err = ps.fleet.TryLease(ctx, p.key.tenant, p.key.provider, leaseTTL(reg))
+		l, raw, err = ps.fleet.TryLease(ctx, p.key.tenant, p.key.provider, leaseTTL(reg))
 		return err
 	})
 	switch {
 	case err != nil:
 		ps.leases[leaseFailed].Add(1)
-		return nil, err
+		return nil, nil, err
 	case l == nil:
 		ps.leases[leaseHeld].Add(1)
 	default:
 		ps.leases[leaseAcquired].Add(1)
 	}
-	return l, nil
+	var r *restoredSnapshot
+	if raw != nil {
+		r = ps.check(p, reg, raw, time.Now())
+	}
+	return l, r, nil
 }
 
 // commit saves s under the lease, publishes its hash and releases the

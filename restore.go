@@ -24,21 +24,30 @@ func (p *provider) storeStep(o *outcome) (done bool, err error) {
 		return false, nil
 	}
 	start := time.Now()
-	src := sourceFleet
-	if o.base == nil {
-		src = sourceStore // a restart's restore
-	}
-	if r := ps.load(p, o.reg, start); r != nil {
-		if done, err := p.adoptFor(o, r, src, start); done || err != nil {
-			return true, err
-		}
-	}
 	if !fleet {
+		// A first load: restore what a previous run saved.
+		if r := ps.load(p, o.reg, start); r != nil {
+			return p.adoptFor(o, r, sourceStore, start)
+		}
 		return false, nil
 	}
-	l, err := ps.tryLease(p, o.reg)
+	src := sourceFleet
+	if o.base == nil {
+		src = sourceStore // an instance starting: what the fleet saved
+	}
+	// One round trip: the lease, and the snapshot as it is once the lease
+	// was taken or found taken.
+	l, r, err := ps.tryLease(p, o.reg)
 	if err != nil {
 		return false, nil // a lease is an optimisation: fetch for ourselves
+	}
+	if r != nil {
+		if done, err := p.adoptFor(o, r, src, start); done || err != nil {
+			if l != nil {
+				ps.release(l)
+			}
+			return true, err
+		}
 	}
 	if l != nil {
 		o.lease = l

@@ -63,8 +63,13 @@ type Store interface {
 type FleetStore interface {
 	Store
 	// TryLease tries to take the pair's refresh lease for ttl. It returns
-	// a nil Lease and a nil error when another instance holds it.
-	TryLease(ctx context.Context, tenantID, providerID string, ttl time.Duration) (Lease, error)
+	// a nil Lease and a nil error when another instance holds it. Either
+	// way it also returns the pair's snapshot record (nil when there is
+	// none), read after the lease was taken or found taken, in the same
+	// round trip where the Store can: an instance that takes the lease
+	// just after another committed then sees that commit, and adopts it
+	// instead of fetching again.
+	TryLease(ctx context.Context, tenantID, providerID string, ttl time.Duration) (Lease, []byte, error)
 	// Subscribe delivers the note of every Lease.Commit, by any instance of
 	// the fleet (this one included), to fn, until ctx is done. It returns
 	// once the subscription is established, or with the error that

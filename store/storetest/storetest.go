@@ -186,14 +186,17 @@ func RunFleet(t *testing.T, open func(t *testing.T) jwkscache.FleetStore) {
 
 	t.Run("LeaseIsExclusive", func(t *testing.T) {
 		a, b := open(t), open(t)
-		la, err := a.TryLease(ctx, "t", "p", 10*time.Second)
-		if err != nil || la == nil {
-			t.Fatalf("first TryLease = %v, %v", la, err)
+		if err := a.SaveSnapshot(ctx, "t", "p", []byte("snap"), time.Now().Add(time.Hour)); err != nil {
+			t.Fatal(err)
 		}
-		if lb, err := b.TryLease(ctx, "t", "p", 10*time.Second); err != nil || lb != nil {
-			t.Fatalf("second TryLease while held = %v, %v; want nil, nil", lb, err)
+		la, rec, err := a.TryLease(ctx, "t", "p", 10*time.Second)
+		if err != nil || la == nil || string(rec) != "snap" {
+			t.Fatalf("first TryLease = %v, %q, %v; want a lease and the snapshot record", la, rec, err)
 		}
-		if lo, err := b.TryLease(ctx, "t", "other", 10*time.Second); err != nil || lo == nil {
+		if lb, rec, err := b.TryLease(ctx, "t", "p", 10*time.Second); err != nil || lb != nil || string(rec) != "snap" {
+			t.Fatalf("second TryLease while held = %v, %q, %v; want no lease and the snapshot record", lb, rec, err)
+		}
+		if lo, rec, err := b.TryLease(ctx, "t", "other", 10*time.Second); err != nil || lo == nil || rec != nil {
 			t.Fatalf("TryLease of another pair = %v, %v", lo, err)
 		} else {
 			_ = lo.Release(ctx)
@@ -201,7 +204,7 @@ func RunFleet(t *testing.T, open func(t *testing.T) jwkscache.FleetStore) {
 		if err := la.Release(ctx); err != nil {
 			t.Fatal(err)
 		}
-		lb, err := b.TryLease(ctx, "t", "p", 10*time.Second)
+		lb, _, err := b.TryLease(ctx, "t", "p", 10*time.Second)
 		if err != nil || lb == nil {
 			t.Fatalf("TryLease after Release = %v, %v", lb, err)
 		}
@@ -209,7 +212,7 @@ func RunFleet(t *testing.T, open func(t *testing.T) jwkscache.FleetStore) {
 		if err := la.Release(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if lc, err := a.TryLease(ctx, "t", "p", 10*time.Second); err != nil || lc != nil {
+		if lc, _, err := a.TryLease(ctx, "t", "p", 10*time.Second); err != nil || lc != nil {
 			t.Fatalf("a released lease freed its successor's: TryLease = %v, %v", lc, err)
 		}
 		_ = lb.Release(ctx)
@@ -217,20 +220,20 @@ func RunFleet(t *testing.T, open func(t *testing.T) jwkscache.FleetStore) {
 
 	t.Run("LeaseLapses", func(t *testing.T) {
 		a, b := open(t), open(t)
-		la, err := a.TryLease(ctx, "t", "p", 50*time.Millisecond)
+		la, _, err := a.TryLease(ctx, "t", "p", 50*time.Millisecond)
 		if err != nil || la == nil {
 			t.Fatalf("TryLease = %v, %v", la, err)
 		}
 		deadline := time.Now().Add(5 * time.Second)
 		for {
-			lb, err := b.TryLease(ctx, "t", "p", 10*time.Second)
+			lb, _, err := b.TryLease(ctx, "t", "p", 10*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if lb != nil {
 				// The lapsed holder's Commit saves nothing over the new holder's lease.
 				_ = la.Commit(ctx, []byte("late"), time.Now().Add(time.Hour), []byte("n"))
-				if lc, _ := a.TryLease(ctx, "t", "p", 10*time.Second); lc != nil {
+				if lc, _, _ := a.TryLease(ctx, "t", "p", 10*time.Second); lc != nil {
 					t.Fatal("a lapsed holder's Commit released its successor's lease")
 				}
 				_ = lb.Release(ctx)
@@ -254,7 +257,7 @@ func RunFleet(t *testing.T, open func(t *testing.T) jwkscache.FleetStore) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		l, err := a.TryLease(ctx, "t{1}", "p:2", 10*time.Second)
+		l, _, err := a.TryLease(ctx, "t{1}", "p:2", 10*time.Second)
 		if err != nil || l == nil {
 			t.Fatalf("TryLease = %v, %v", l, err)
 		}
@@ -272,8 +275,8 @@ func RunFleet(t *testing.T, open func(t *testing.T) jwkscache.FleetStore) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("no note within 5s of Commit")
 		}
-		if l2, err := b.TryLease(ctx, "t{1}", "p:2", 10*time.Second); err != nil || l2 == nil {
-			t.Fatalf("Commit did not release the lease: %v, %v", l2, err)
+		if l2, rec, err := b.TryLease(ctx, "t{1}", "p:2", 10*time.Second); err != nil || l2 == nil || string(rec) != "rec" {
+			t.Fatalf("after Commit: TryLease = %v, %q, %v; want the lease released and the committed record", l2, rec, err)
 		} else {
 			_ = l2.Release(ctx)
 		}
@@ -283,7 +286,7 @@ func RunFleet(t *testing.T, open func(t *testing.T) jwkscache.FleetStore) {
 		a := open(t)
 		var held []jwkscache.Lease
 		for _, pr := range [][2]string{{"a", "b:c"}, {"a:b", "c"}, {"{a}", "b"}, {"a", "{b}"}, {"a{", "}b"}} {
-			l, err := a.TryLease(ctx, pr[0], pr[1], 10*time.Second)
+			l, _, err := a.TryLease(ctx, pr[0], pr[1], 10*time.Second)
 			if err != nil || l == nil {
 				t.Fatalf("TryLease %q = %v, %v: leases of distinct pairs collide", pr, l, err)
 			}
