@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -229,5 +231,53 @@ func TestSweep(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCloseWhileBusy closes the store under concurrent calls: each either
+// completes or fails with ErrClosed, and none panics or races.
+func TestCloseWhileBusy(t *testing.T) {
+	s, err := boltstore.Open(filepath.Join(t.TempDir(), "x.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := range 4 {
+		wg.Go(func() {
+			p := fmt.Sprintf("p%d", g)
+			for {
+				err := s.SaveSnapshot(ctx, "t", p, []byte("x"), time.Now().Add(time.Hour))
+				if err == nil {
+					_, err = s.LoadSnapshot(ctx, "t", p)
+				}
+				if err == nil {
+					_, err = s.LoadRegistrations(ctx)
+				}
+				if err != nil {
+					if !errors.Is(err, boltstore.ErrClosed) {
+						errs <- err
+					}
+					return
+				}
+			}
+		})
+	}
+	// Close once every goroutine has written, so that it closes under load.
+	for g := range 4 {
+		for {
+			if _, err := s.LoadSnapshot(ctx, "t", fmt.Sprintf("p%d", g)); err == nil {
+				break
+			}
+			runtime.Gosched()
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("a call concurrent with Close: err = %v, want nil or ErrClosed", err)
 	}
 }
