@@ -36,6 +36,14 @@ const (
 	metricBusyWorkers     = "jwks_cache_scheduler_busy_workers"
 	metricProviders       = "jwks_cache_providers"
 	metricPanics          = "jwks_cache_panics_recovered_total"
+	metricStoreUp         = "jwks_cache_store_up"
+	metricStoreErrors     = "jwks_cache_store_errors_total"
+	metricStoreRefused    = "jwks_cache_store_refused_total"
+	metricStorePending    = "jwks_cache_store_pending_writes"
+	metricStoreRestored   = "jwks_cache_store_restored_total"
+	metricFleetLeases     = "jwks_cache_fleet_leases_total"
+	metricFleetCommits    = "jwks_cache_fleet_commits_total"
+	metricFleetAdopted    = "jwks_cache_fleet_adopted_total"
 )
 
 // DefaultMetricsProviderLimit is the default of Options.MetricsProviderLimit.
@@ -107,11 +115,39 @@ var (
 		"Panics recovered in refreshes, refresh workers and OnEvent or log handlers.",
 		nil, nil)
 
+	// Store and fleet (Options.Store); exported only with a Store.
+	descStoreUp = prometheus.NewDesc(metricStoreUp,
+		"1 while the Store answers, 0 after a failed call until one succeeds (the Manager serves from memory meanwhile).",
+		nil, nil)
+	descStoreErrors = prometheus.NewDesc(metricStoreErrors,
+		"Failed Store calls by operation.",
+		[]string{"op"}, nil)
+	descStoreRefused = prometheus.NewDesc(metricStoreRefused,
+		"Stored records refused on reading, by reason (checksum, mac, owner, size, format, content, expired); never served.",
+		[]string{"reason"}, nil)
+	descStorePending = prometheus.NewDesc(metricStorePending,
+		"Providers with writes waiting for the Store (registrations, deletions, snapshots), coalesced per provider.",
+		nil, nil)
+	descStoreRestored = prometheus.NewDesc(metricStoreRestored,
+		"Snapshots restored from the Store at a first load (a restart that needed no upstream call).",
+		nil, nil)
+	descFleetLeases = prometheus.NewDesc(metricFleetLeases,
+		"Fleet refresh leases asked for, by result: acquired (this instance fetches), held (another does), error (fetched without one).",
+		[]string{"result"}, nil)
+	descFleetCommits = prometheus.NewDesc(metricFleetCommits,
+		"Snapshots this instance saved and published to the fleet under a lease.",
+		nil, nil)
+	descFleetAdopted = prometheus.NewDesc(metricFleetAdopted,
+		"Snapshots adopted from another instance of the fleet instead of fetching.",
+		nil, nil)
+
 	allDescs = []*prometheus.Desc{
 		descLookups, descStaleLookups, descStale, descUnknownKID, descRefreshes, descFetchErrors,
 		descRefreshDuration, descLookupWait, descKeys, descExpiry, descSinceSuccess, descState,
 		descKIDsAdded, descKIDsRemoved, descEventsDropped, descQueueDepth, descBusyWorkers,
 		descProviders, descPanics,
+		descStoreUp, descStoreErrors, descStoreRefused, descStorePending, descStoreRestored,
+		descFleetLeases, descFleetCommits, descFleetAdopted,
 	}
 )
 
@@ -466,6 +502,37 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descProviders, prometheus.GaugeValue, float64(n), stateNames[i])
 	}
 	ch <- prometheus.MustNewConstMetric(descPanics, prometheus.CounterValue, float64(m.panics.Load()))
+	if ps := m.persist; ps != nil {
+		ps.collect(ch)
+	}
+}
+
+// collect sends the store and fleet metrics.
+func (ps *persister) collect(ch chan<- prometheus.Metric) {
+	up := 1.0
+	if ps.down.Load() {
+		up = 0
+	}
+	ch <- prometheus.MustNewConstMetric(descStoreUp, prometheus.GaugeValue, up)
+	for i, name := range storeOpNames {
+		if i >= int(opLease) && ps.fleet == nil {
+			break // lease, commit, subscribe: fleet stores only
+		}
+		ch <- prometheus.MustNewConstMetric(descStoreErrors, prometheus.CounterValue, float64(ps.opErrors[i].Load()), name)
+	}
+	for i, reason := range refusedReasons {
+		ch <- prometheus.MustNewConstMetric(descStoreRefused, prometheus.CounterValue, float64(ps.refused[i].Load()), reason)
+	}
+	ch <- prometheus.MustNewConstMetric(descStorePending, prometheus.GaugeValue, float64(ps.pending.Load()))
+	ch <- prometheus.MustNewConstMetric(descStoreRestored, prometheus.CounterValue, float64(ps.restored.Load()))
+	if ps.fleet == nil {
+		return
+	}
+	for i, name := range leaseNames {
+		ch <- prometheus.MustNewConstMetric(descFleetLeases, prometheus.CounterValue, float64(ps.leases[i].Load()), name)
+	}
+	ch <- prometheus.MustNewConstMetric(descFleetCommits, prometheus.CounterValue, float64(ps.committed.Load()))
+	ch <- prometheus.MustNewConstMetric(descFleetAdopted, prometheus.CounterValue, float64(ps.adopted.Load()))
 }
 
 // emitProvider sends the series of one provider or collapsed tenant. Series

@@ -18,6 +18,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
 	"github.com/jwkscache/jwkscache/internal/testidp"
@@ -532,3 +534,77 @@ func idpBody(t *testing.T, idp *testidp.IdP, path string) []byte {
 }
 
 func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }
+
+// The store and fleet metrics move with what happens: a refused record, a
+// store outage and its end, a restore, leases and commits.
+func TestStore_Metrics(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		idp, keys := fleetIdP(1, 60)
+		b := newMemBackend()
+		b.putSnapshot("t", "p0", []byte("forged"))
+		reg := prometheus.NewPedanticRegistry()
+		m := stManager(t, idp, memStore{b}, Options{Registerer: reg})
+		mtRegister(t, m, "t", "p0", mtHost+"/p0")
+		mtMustKey(t, m, "t", "p0", keys[0])
+		synctest.Wait()
+		want := `
+# HELP jwks_cache_store_refused_total Stored records refused on reading, by reason (checksum, mac, owner, size, format, content, expired); never served.
+# TYPE jwks_cache_store_refused_total counter
+jwks_cache_store_refused_total{reason="checksum"} 0
+jwks_cache_store_refused_total{reason="content"} 0
+jwks_cache_store_refused_total{reason="expired"} 0
+jwks_cache_store_refused_total{reason="format"} 1
+jwks_cache_store_refused_total{reason="mac"} 0
+jwks_cache_store_refused_total{reason="owner"} 0
+jwks_cache_store_refused_total{reason="size"} 0
+# HELP jwks_cache_fleet_leases_total Fleet refresh leases asked for, by result: acquired (this instance fetches), held (another does), error (fetched without one).
+# TYPE jwks_cache_fleet_leases_total counter
+jwks_cache_fleet_leases_total{result="acquired"} 1
+jwks_cache_fleet_leases_total{result="error"} 0
+jwks_cache_fleet_leases_total{result="held"} 0
+# HELP jwks_cache_fleet_commits_total Snapshots this instance saved and published to the fleet under a lease.
+# TYPE jwks_cache_fleet_commits_total counter
+jwks_cache_fleet_commits_total 1
+# HELP jwks_cache_store_up 1 while the Store answers, 0 after a failed call until one succeeds (the Manager serves from memory meanwhile).
+# TYPE jwks_cache_store_up gauge
+jwks_cache_store_up 1
+`
+		if err := testutil.GatherAndCompare(reg, strings.NewReader(want), metricStoreRefused, metricFleetLeases, metricFleetCommits, metricStoreUp); err != nil {
+			t.Fatal(err)
+		}
+		b.setFail(errMemDown)
+		mtRegister(t, m, "t", "p1", mtHost+"/p0")
+		synctest.Wait()
+		if v := testutil.ToFloat64(collectorGauge(t, reg, metricStoreUp)); v != 0 {
+			t.Fatalf("store_up = %v during an outage, want 0", v)
+		}
+		if n := m.persist.opErrors[opSave].Load(); n == 0 {
+			t.Fatal("no failed save counted during the outage")
+		}
+		b.setFail(nil)
+		i6Step(time.Minute)
+		if v := testutil.ToFloat64(collectorGauge(t, reg, metricStoreUp)); v != 1 {
+			t.Fatalf("store_up = %v after the outage, want 1", v)
+		}
+		if v := testutil.ToFloat64(collectorGauge(t, reg, metricStorePending)); v != 0 {
+			t.Fatalf("pending writes = %v after the outage, want 0", v)
+		}
+	})
+}
+
+// collectorGauge returns a collector of the single gauge name gathered
+// from reg, for testutil.ToFloat64.
+func collectorGauge(t *testing.T, reg *prometheus.Registry, name string) prometheus.Collector {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.Metric) == 1 {
+			return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: "copy"}, func() float64 { return mf.Metric[0].GetGauge().GetValue() })
+		}
+	}
+	t.Fatalf("no single series of %s", name)
+	return nil
+}
