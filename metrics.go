@@ -510,7 +510,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 // collect sends the store and fleet metrics.
 func (ps *persister) collect(ch chan<- prometheus.Metric) {
 	up := 1.0
-	if ps.down.Load() {
+	if ps.downUntil.Load() != 0 {
 		up = 0
 	}
 	ch <- prometheus.MustNewConstMetric(descStoreUp, prometheus.GaugeValue, up)

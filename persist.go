@@ -30,10 +30,13 @@ type persister struct {
 
 	jobs chan func()   // calls waiting for a store goroutine
 	kick chan struct{} // wakes the writer
-	// down is set by a failed call and cleared by a successful one (the
-	// writer's retries probe): while it is set, reads and leases are not
-	// tried, so an unreachable store costs a refresh nothing.
-	down atomic.Bool
+	// A circuit breaker: a failed call opens it for a backoff (1s,
+	// doubling to 30s) during which reads and leases are not tried, so an
+	// unreachable store costs a refresh nothing; the first call after it
+	// probes, and a call that succeeds closes it. downUntil is Unix
+	// nanoseconds, 0 while closed; downFor is the current backoff.
+	downUntil atomic.Int64
+	downFor   time.Duration // guarded by mu
 
 	mu      sync.Mutex // guards the fields below; a leaf lock
 	dirty   map[providerKey]*pendingWrite
@@ -180,10 +183,12 @@ func (ps *persister) start(ctx context.Context) {
 // timeout, and waits for it as long. A call not tried (store down, queue
 // full) or not answered in time returns an error at once, and the engine
 // goes on without the store.
-func (ps *persister) call(op storeOp, key providerKey, fn func(ctx context.Context) error) error {
-	if ps.down.Load() && op != opSave && op != opDelete {
+func (ps *persister) call(op storeOp, key providerKey, fn func(ctx context.Context) error) (err error) {
+	if until := ps.downUntil.Load(); until != 0 && time.Now().UnixNano() < until {
 		return &StoreError{Op: storeOpNames[op], TenantID: key.tenant, ProviderID: key.provider, Err: errStoreDown}
 	}
+	span := ps.m.fetcher.tr.startStoreSpan(ps.m.ctx, storeOpNames[op], key)
+	defer func() { span.end(err) }()
 	done := make(chan error, 1)
 	job := func() {
 		ctx, cancel := context.WithTimeout(ps.m.ctx, ps.timeout)
@@ -215,30 +220,50 @@ func (ps *persister) call(op storeOp, key providerKey, fn func(ctx context.Conte
 func (ps *persister) failed(op storeOp, key providerKey, err error) *StoreError {
 	se := &StoreError{Op: storeOpNames[op], TenantID: key.tenant, ProviderID: key.provider, Err: err}
 	ps.opErrors[op].Add(1)
-	if !errors.Is(err, errStoreBusy) {
-		ps.down.Store(true)
-	}
 	msg := se.Error()
+	opened := false
 	ps.mu.Lock()
 	ps.lastErr = msg
 	if key != (providerKey{}) {
 		ps.pairLocked(key).lastErr = msg
 	}
+	if !errors.Is(err, errStoreBusy) && !errors.Is(err, ErrClosed) && ps.m.ctx.Err() == nil {
+		opened = ps.downUntil.Load() == 0
+		ps.downFor = min(max(2*ps.downFor, breakerMin), breakerMax)
+		ps.downUntil.Store(time.Now().Add(ps.downFor).UnixNano())
+	}
 	ps.mu.Unlock()
+	if opened {
+		ps.m.logf(nil, slog.LevelWarn, "jwkscache: store unavailable; serving from memory and retrying in the background",
+			slog.String("op", se.Op), slog.String("error", msg))
+	}
 	return se
 }
 
+// Circuit breaker backoff after a failed store call.
+const (
+	breakerMin = time.Second
+	breakerMax = 30 * time.Second
+)
+
 // ok records a call that reached the store.
 func (ps *persister) ok(key providerKey) {
-	ps.down.Store(false)
-	if key == (providerKey{}) {
-		return
+	closed := false
+	if ps.downUntil.Load() != 0 || key != (providerKey{}) {
+		ps.mu.Lock()
+		if ps.downUntil.Load() != 0 {
+			closed = true
+			ps.downUntil.Store(0)
+			ps.downFor = 0
+		}
+		if st := ps.pairs[key]; st != nil {
+			st.lastErr = ""
+		}
+		ps.mu.Unlock()
 	}
-	ps.mu.Lock()
-	if st := ps.pairs[key]; st != nil {
-		st.lastErr = ""
+	if closed {
+		ps.m.logf(nil, slog.LevelInfo, "jwkscache: store available again")
 	}
-	ps.mu.Unlock()
 }
 
 func (ps *persister) pairLocked(key providerKey) *pairStoreState {

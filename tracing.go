@@ -14,7 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// Tracing (issue 8). The engine makes three kinds of spans, all with one
+// Tracing (issue 8). The engine makes four kinds of spans, all with one
 // tracer named tracerName:
 //
 //   - jwkscache.refresh around each refresh (doRefresh). A refresh is
@@ -22,6 +22,9 @@ import (
 //     context, so its span is a root: it is no caller's child.
 //   - jwkscache.fetch, a child of the refresh span, for each attempt of a
 //     fetch (discovery or key set).
+//   - jwkscache.store for each Store call a refresh waits on (a restore, a
+//     fleet lease, a snapshot read), with the operation, tenant and
+//     provider.
 //   - jwkscache.wait for each caller that waits on a refresh (a cold load,
 //     an unknown kid, Refresh), a child of the caller's span when its
 //     context has one, with a link to each refresh span of the flight it
@@ -46,6 +49,7 @@ const (
 	spanRefresh = "jwkscache.refresh"
 	spanFetch   = "jwkscache.fetch"
 	spanWait    = "jwkscache.wait"
+	spanStore   = "jwkscache.store"
 )
 
 // Attribute keys of the package's own. Standard ones (url.full,
@@ -61,6 +65,7 @@ const (
 	attrFetchKind  = attribute.Key("jwkscache.fetch.kind")
 	attrBytes      = attribute.Key("jwkscache.response.bytes")
 	attrRefreshes  = attribute.Key("jwkscache.refreshes")
+	attrStoreOp    = attribute.Key("jwkscache.store.op")
 )
 
 // Values of jwkscache.fetch.kind and of jwkscache.result beyond
@@ -192,6 +197,27 @@ func (rs *refreshSpan) abort() {
 
 // setSpanError marks span failed with err's class and a message fit for a
 // trace backend: capped, URLs without query string or userinfo.
+// storeSpan is the span of one Store call made for a refresh (a restore,
+// a fleet lease, a snapshot read).
+type storeSpan struct{ span trace.Span }
+
+// startStoreSpan starts the span of the Store call op about key.
+func (t *tracing) startStoreSpan(ctx context.Context, op string, key providerKey) storeSpan {
+	attrs := []attribute.KeyValue{attrStoreOp.String(op)}
+	if key != (providerKey{}) {
+		attrs = append(attrs, attrTenant.String(key.tenant), attrProvider.String(key.provider))
+	}
+	_, span := t.tracer.Start(ctx, spanStore, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
+	return storeSpan{span}
+}
+
+func (s storeSpan) end(err error) {
+	if err != nil && !errors.Is(err, ErrStoreNotFound) {
+		s.span.SetStatus(codes.Error, capText(err.Error()))
+	}
+	s.span.End()
+}
+
 func setSpanError(span trace.Span, err error) {
 	class := string(errorClass(err))
 	span.SetAttributes(attrErrorClass.String(class), semconv.ErrorTypeKey.String(class))
