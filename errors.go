@@ -48,6 +48,14 @@ var (
 	// ErrKeyDenied reports a kid refused by DenyKey.
 	ErrKeyDenied = errors.New("jwkscache: key denied")
 
+	// ErrRateLimited reports a Revalidate refused because the provider's
+	// unknown-kid budget is spent; the keys in memory still serve.
+	ErrRateLimited = errors.New("jwkscache: revalidation rate limited")
+
+	// ErrVersionMismatch reports a RegisterIfVersion whose version is not
+	// the registration's current one.
+	ErrVersionMismatch = errors.New("jwkscache: registration version mismatch")
+
 	// ErrTooLarge reports a response body over MaxResponseBytes, counted
 	// both as received and after decompression.
 	ErrTooLarge = errors.New("jwkscache: response too large")

@@ -5,6 +5,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -209,12 +212,36 @@ func (m *Manager) notRegistered(tenant, providerID string) error {
 // background, and a new provider's first load restores its stored
 // snapshot before any fetch.
 func (m *Manager) Register(ctx context.Context, reg Registration) error {
-	return m.register(ctx, reg, true)
+	return m.register(ctx, reg, true, "")
+}
+
+// RegisterIfVersion is Register for an update that must not overwrite a
+// change made since the caller read the registration: it applies reg only
+// if the provider is registered and its RegistrationVersion (see
+// ProviderStatus) is version, or for version "*", if the provider is
+// registered at all. Otherwise it changes nothing and returns an error
+// matching ErrVersionMismatch. version must not be empty.
+func (m *Manager) RegisterIfVersion(ctx context.Context, reg Registration, version string) error {
+	if version == "" {
+		return fmt.Errorf("%w: empty version", ErrVersionMismatch)
+	}
+	return m.register(ctx, reg, true, version)
+}
+
+// registrationVersion is the RegistrationVersion of r (defaults applied).
+func registrationVersion(r *Registration) string {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
 }
 
 // register is Register; save says whether to save the registration in the
-// Store (not when Restore read it from there).
-func (m *Manager) register(ctx context.Context, reg Registration, save bool) error {
+// Store (not when Restore read it from there), and ifVersion, when not
+// empty, is RegisterIfVersion's condition.
+func (m *Manager) register(ctx context.Context, reg Registration, save bool, ifVersion string) error {
 	if m.closed.Load() {
 		return ErrClosed
 	}
@@ -237,6 +264,16 @@ func (m *Manager) register(ctx context.Context, reg Registration, save bool) err
 			Field:   "issuer",
 			Message: fmt.Sprintf("provider %q of tenant %q already has this issuer", other.key.provider, r.TenantID),
 		}}}
+	}
+	if ifVersion != "" {
+		p := m.providers.get(r.TenantID, r.ProviderID)
+		if p == nil {
+			return m.notRegistered(r.TenantID, r.ProviderID)
+		}
+		if cur := registrationVersion(p.registration()); ifVersion != "*" && cur != ifVersion {
+			return &ProviderError{TenantID: r.TenantID, ProviderID: r.ProviderID,
+				Err: fmt.Errorf("%w: the registration is at version %s, not %s", ErrVersionMismatch, cur, showID(ifVersion))}
+		}
 	}
 	if save && m.persist != nil {
 		// Queued under registry.mu, so that the Store sees Register and

@@ -20,9 +20,14 @@ type provider struct {
 	slot    uint32      // hit counter slot
 	removed atomic.Bool // set once by Unregister or Close
 
+	// refreshQueued: a RefreshAsync waits to begin its fetch.
+	refreshQueued atomic.Bool
+
 	cfg    atomic.Pointer[Registration]        // current registration, defaults applied
 	snap   atomic.Pointer[snapshot]            // keys served; nil when none
 	denied atomic.Pointer[map[string]struct{}] // copy on write; nil when none
+	// servedCache is the ServedJWKS of snap, built on the first JWKS call.
+	servedCache atomic.Pointer[ServedJWKS]
 	// applied counts the refresh outcomes applied, bumped after the
 	// snapshot is stored: a caller that read it before deciding to fetch
 	// can tell that a fetch has completed since, and take that outcome.

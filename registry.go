@@ -23,6 +23,10 @@ type registry struct {
 	// Issuer, for issuer routing (TenantKeyfunc): one lookup whatever the
 	// number of providers. Written under mu; read without a lock.
 	issuers sync.Map // issuerKey -> *provider
+	// tenants indexes providers by tenant, for TenantStatuses: one
+	// tenant's list costs its own size, not a scan of every provider.
+	// Guarded by mu.
+	tenants map[string]map[string]*provider
 }
 
 // issuerKey names a tenant's provider by its Issuer.
@@ -134,6 +138,27 @@ func (r *registry) addLocked(p *provider) {
 	}
 	r.insertLocked(t, p)
 	r.n++
+	if r.tenants == nil {
+		r.tenants = make(map[string]map[string]*provider)
+	}
+	ps := r.tenants[p.key.tenant]
+	if ps == nil {
+		ps = make(map[string]*provider)
+		r.tenants[p.key.tenant] = ps
+	}
+	ps[p.key.provider] = p
+}
+
+// tenant returns the providers of tenant, in no particular order.
+func (r *registry) tenant(tenant string) []*provider {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ps := r.tenants[tenant]
+	out := make([]*provider, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, p)
+	}
+	return out
 }
 
 func (r *registry) insertLocked(t *regTable, p *provider) {
@@ -182,6 +207,12 @@ func (r *registry) removeLocked(key providerKey) *provider {
 				bp.Store(&nb)
 			}
 			r.n--
+			if ps := r.tenants[key.tenant]; ps != nil {
+				delete(ps, key.provider)
+				if len(ps) == 0 {
+					delete(r.tenants, key.tenant)
+				}
+			}
 			return p
 		}
 	}
@@ -195,6 +226,7 @@ func (r *registry) clear() []*provider {
 	all := r.all()
 	r.table.Store(newRegTable(64))
 	r.issuers.Clear()
+	r.tenants = nil
 	r.n = 0
 	return all
 }

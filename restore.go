@@ -255,7 +255,7 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 		if m.providers.get(reg.TenantID, reg.ProviderID) != nil {
 			continue // registered already: the caller's registration wins
 		}
-		if err := m.register(ctx, reg, false); err != nil {
+		if err := m.register(ctx, reg, false, ""); err != nil {
 			if errors.Is(err, ErrClosed) {
 				return n, err
 			}

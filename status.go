@@ -57,6 +57,10 @@ type ProviderStatus struct {
 	// were dropped because the delivery queue was full (a slow OnEvent or
 	// log handler); see Options.OnEvent.
 	EventsDropped uint64 `json:"eventsDropped"`
+	// RegistrationVersion identifies the registration's content (a hash
+	// of its JSON form, defaults applied): RegisterIfVersion takes it, and
+	// the control plane sends it as the ETag of a provider for If-Match.
+	RegistrationVersion string `json:"registrationVersion"`
 	// StoreError is the latest failed Store call about this provider
 	// (Options.Store), "" once a later one succeeded. The provider is
 	// served from memory meanwhile.
@@ -78,7 +82,17 @@ func (m *Manager) Status(tenant, providerID string) (ProviderStatus, error) {
 // Statuses returns the status of every provider, sorted by tenant, then
 // provider. It is empty after Close.
 func (m *Manager) Statuses() []ProviderStatus {
-	ps := m.providers.all()
+	return statusesOf(m.providers.all())
+}
+
+// TenantStatuses returns the status of every provider of tenant, sorted by
+// provider; empty when the tenant has none. Its cost is the tenant's size,
+// whatever the number of other tenants.
+func (m *Manager) TenantStatuses(tenant string) []ProviderStatus {
+	return statusesOf(m.providers.tenant(tenant))
+}
+
+func statusesOf(ps []*provider) []ProviderStatus {
 	out := make([]ProviderStatus, 0, len(ps))
 	for _, p := range ps {
 		out = append(out, p.status())
@@ -113,6 +127,7 @@ func (p *provider) status() ProviderStatus {
 		st.LastSuccess = p.met.rare.lastSuccess
 	}
 	p.mu.Unlock()
+	st.RegistrationVersion = registrationVersion(reg)
 	if ps := p.m.persist; ps != nil {
 		st.StoreError, st.StoreRefused = ps.status(p.key)
 	}
