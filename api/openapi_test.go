@@ -745,7 +745,7 @@ func TestSchemasMatchGoTypes(t *testing.T) {
 		typ    reflect.Type
 		extra  map[string]bool // member: required
 	}{
-		{"ProviderStatus", reflect.TypeFor[jwkscache.ProviderStatus](), map[string]bool{"metrics": true, "registrationVersion": true, "storeError": false}},
+		{"ProviderStatus", reflect.TypeFor[jwkscache.ProviderStatus](), map[string]bool{"metrics": true}},
 		{"KeyInfo", reflect.TypeFor[jwkscache.KeyInfo](), nil},
 		{"SkippedKey", reflect.TypeFor[jwkscache.SkippedKey](), nil},
 	} {
