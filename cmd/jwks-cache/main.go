@@ -61,6 +61,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	switch cmd {
 	case "serve":
 		return cmdServe(ctx, rest, stderr, getenv)
+	case "fetch":
+		return cmdFetch(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "jwks-cache %s (%s, %s/%s)\n", jwkscache.Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return exitOK
