@@ -65,6 +65,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return cmdFetch(ctx, rest, stdout, stderr)
 	case "verify":
 		return cmdVerify(ctx, rest, stdin, stdout, stderr)
+	case "demo":
+		return cmdDemo(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "jwks-cache %s (%s, %s/%s)\n", jwkscache.Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return exitOK
