@@ -80,7 +80,7 @@
 // Subscribe SUBSCRIBEs to <prefix>events on a connection of its own and
 // returns once Redis has confirmed it. Messages carry the length-prefixed
 // tenant and provider, then the note. go-redis pings an idle subscription
-// and re-establishes a broken one by itself; notes published in between
+// (every 3 s) and re-establishes a broken one by itself; notes published in between
 // are lost, which costs a Manager nothing it relies on: it reads the Store
 // before each refresh. Messages that are not this package's notes, or
 // larger than MaxMessageSize, are ignored and counted (Stats).
