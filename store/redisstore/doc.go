@@ -66,8 +66,12 @@
 //
 // # Leases
 //
-// TryLease is SET <lease key> <random 128-bit token> NX PX <ttl>: nil, nil
-// when another holder has it. Release is a compare-and-delete script: it
+// TryLease is a pipeline, one round trip, of SET <lease key> <random
+// 128-bit token> NX PX <ttl> and GET <snapshot key> (the same slot): no
+// lease when another holder has it, and either way the snapshot as it is
+// once the lease was taken or found taken, so that an instance taking the
+// lease just after another committed adopts that commit instead of
+// fetching again. Release is a compare-and-delete script: it
 // deletes the key only if it still holds the token, so a holder whose
 // lease lapsed never frees its successor's. Commit is one Lua script:
 // save the snapshot, PUBLISH the note, compare-and-delete the lease. It
