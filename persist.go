@@ -28,6 +28,12 @@ type persister struct {
 	keys    macKeys
 	timeout time.Duration
 
+	// ctx bounds the store calls. It outlives the Manager's context by the
+	// close flush: at Close, commits and releases already queued still run,
+	// and pending writes are flushed, within most of the close timeout.
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	jobs chan func()   // calls waiting for a store goroutine
 	kick chan struct{} // wakes the writer
 	// A circuit breaker: a failed call opens it for a backoff (1s,
@@ -143,6 +149,7 @@ func newPersister(m *Manager, opts *Options) *persister {
 		pairs:   make(map[providerKey]*pairStoreState),
 	}
 	ps.fleet, _ = opts.Store.(FleetStore)
+	ps.ctx, ps.cancel = context.WithCancel(context.Background())
 	return ps
 }
 
@@ -154,6 +161,8 @@ func (ps *persister) start(ctx context.Context) {
 		n++
 	}
 	m.wg.Add(n)
+	// At Close, the store calls get what remains of the close timeout.
+	context.AfterFunc(ctx, func() { time.AfterFunc(closeTimeout*3/4, ps.cancel) })
 	for range storeWorkers {
 		go func() {
 			defer m.wg.Done()
@@ -162,7 +171,16 @@ func (ps *persister) start(ctx context.Context) {
 				case job := <-ps.jobs:
 					job()
 				case <-ctx.Done():
-					return
+					// Run what is queued (commits and releases that free
+					// leases for the fleet), then stop.
+					for {
+						select {
+						case job := <-ps.jobs:
+							job()
+						default:
+							return
+						}
+					}
 				}
 			}
 		}()
@@ -191,7 +209,7 @@ func (ps *persister) call(op storeOp, key providerKey, fn func(ctx context.Conte
 	defer func() { span.end(err) }()
 	done := make(chan error, 1)
 	job := func() {
-		ctx, cancel := context.WithTimeout(ps.m.ctx, ps.timeout)
+		ctx, cancel := context.WithTimeout(ps.ctx, ps.timeout)
 		defer cancel()
 		done <- fn(ctx)
 	}
@@ -416,7 +434,7 @@ func (ps *persister) drain(ctx context.Context) bool {
 
 // flush makes one pass over the pending writes at Close, within d.
 func (ps *persister) flush(d time.Duration) {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
+	ctx, cancel := context.WithTimeout(ps.ctx, d)
 	defer cancel()
 	for ctx.Err() == nil {
 		key, w, ok := ps.next()
@@ -527,7 +545,7 @@ func (ps *persister) load(p *provider, reg *Registration, now time.Time) *restor
 
 // loadHere is load for code already on a store goroutine.
 func (ps *persister) loadHere(p *provider, reg *Registration, now time.Time) *restoredSnapshot {
-	ctx, cancel := context.WithTimeout(ps.m.ctx, ps.timeout)
+	ctx, cancel := context.WithTimeout(ps.ctx, ps.timeout)
 	defer cancel()
 	raw, err := ps.store.LoadSnapshot(ctx, p.key.tenant, p.key.provider)
 	if err != nil {
@@ -613,7 +631,7 @@ func (ps *persister) commit(p *provider, l Lease, s *snapshot) {
 	rec := encodeSnapshot(p.key, s, p.registration().usesDiscovery(), ps.keys)
 	note := bytes.Clone(s.doc.hash[:])
 	job := func() {
-		ctx, cancel := context.WithTimeout(ps.m.ctx, ps.timeout)
+		ctx, cancel := context.WithTimeout(ps.ctx, ps.timeout)
 		defer cancel()
 		if err := l.Commit(ctx, rec, s.staleUntil, note); err != nil {
 			ps.failed(opCommit, p.key, err)
@@ -635,7 +653,7 @@ func (ps *persister) commit(p *provider, l Lease, s *snapshot) {
 // release gives a lease up on a store goroutine.
 func (ps *persister) release(l Lease) {
 	job := func() {
-		ctx, cancel := context.WithTimeout(ps.m.ctx, ps.timeout)
+		ctx, cancel := context.WithTimeout(ps.ctx, ps.timeout)
 		defer cancel()
 		_ = l.Release(ctx) // a lease not released lapses by itself
 	}

@@ -34,8 +34,9 @@ const (
 	// recordOverhead bounds what a record holds beside its JWKS (which
 	// is base64 in it): the other members, header, checksum and MAC.
 	recordOverhead = 64 << 10
-	// maxRegistrationRecord bounds a registration record.
-	maxRegistrationRecord = 64 << 10
+	// maxRegistrationRecord bounds a registration record (Register
+	// refuses a registration whose JSON form is larger).
+	maxRegistrationRecord = 1 << 20
 )
 
 // maxSnapshotRecord bounds a snapshot record of reg before any parsing.
@@ -152,8 +153,8 @@ type snapshotRecord struct {
 	URL          string `json:"u"`           // the JWKS URL the keys came from
 	Discovered   bool   `json:"d,omitempty"` // URL came from OIDC discovery of Issuer
 	Issuer       string `json:"i,omitempty"`
-	ETag         string `json:"e,omitempty"`
-	LastModified string `json:"l,omitempty"`
+	ETag         []byte `json:"e,omitempty"` // bytes, so that any byte survives the JSON
+	LastModified []byte `json:"l,omitempty"`
 	FetchedAt    int64  `json:"f"`
 	ExpiresAt    int64  `json:"x"`
 	StaleUntil   int64  `json:"s"`
@@ -166,7 +167,7 @@ type snapshotRecord struct {
 func encodeSnapshot(key providerKey, s *snapshot, discovered bool, keys macKeys) []byte {
 	rec := snapshotRecord{
 		TenantID: key.tenant, ProviderID: key.provider, URL: s.url, Discovered: discovered, Issuer: s.issuer,
-		ETag: s.validators.ETag, LastModified: s.validators.LastModified,
+		ETag: storedValidator(s.validators.ETag), LastModified: storedValidator(s.validators.LastModified),
 		FetchedAt: s.fetchedAt.UnixNano(), ExpiresAt: s.expiresAt.UnixNano(), StaleUntil: s.staleUntil.UnixNano(),
 		TTLSource: s.ttlSource, Hash: s.doc.hash[:], Body: s.doc.raw,
 	}
@@ -175,6 +176,15 @@ func encodeSnapshot(key providerKey, s *snapshot, discovered bool, keys macKeys)
 		panic("jwkscache: encoding a snapshot record: " + err.Error()) // only strings, ints and bytes
 	}
 	return sealRecord(kindSnapshot, payload, keys)
+}
+
+// storedValidator returns a validator as stored: one too long to store is
+// dropped (the restored keys then revalidate with a full fetch).
+func storedValidator(v string) []byte {
+	if len(v) > maxErrorText {
+		return nil
+	}
+	return []byte(v)
 }
 
 // restoredSnapshot is a stored snapshot that passed every check.
@@ -203,7 +213,7 @@ func decodeSnapshot(key providerKey, reg *Registration, pol urlPolicy, b []byte,
 	}
 	rec := &r.rec
 	if rec.TenantID != key.tenant || rec.ProviderID != key.provider {
-		return nil, &recordError{refusedOwner, fmt.Sprintf("the record of %s/%s", capTo(rec.TenantID, maxShownID), capTo(rec.ProviderID, maxShownID))}
+		return nil, &recordError{refusedOwner, fmt.Sprintf("the record of %s/%s", showID(rec.TenantID), showID(rec.ProviderID))}
 	}
 	switch {
 	case reg.usesDiscovery():
@@ -255,7 +265,11 @@ func decodeRegistration(b []byte, keys macKeys) (Registration, error) {
 	}
 	var r Registration
 	if err := json.Unmarshal(payload, &r); err != nil {
-		return Registration{}, &recordError{refusedContent, capText(err.Error())}
+		reason := refusedContent
+		if !json.Valid(payload) {
+			reason = refusedFormat // as for a snapshot whose payload is not JSON
+		}
+		return Registration{}, &recordError{reason, capText(err.Error())}
 	}
 	return r, nil
 }

@@ -203,7 +203,7 @@ func TestStoredRecordSnapshotRoundTrip(t *testing.T) {
 				if rec.URL != s.url || rec.Discovered != fx.discovered || rec.Issuer != s.issuer {
 					t.Errorf("url %q discovered %v issuer %q; want %q %v %q", rec.URL, rec.Discovered, rec.Issuer, s.url, fx.discovered, s.issuer)
 				}
-				if got := (validators{ETag: rec.ETag, LastModified: rec.LastModified}); got != s.validators {
+				if got := (validators{ETag: string(rec.ETag), LastModified: string(rec.LastModified)}); got != s.validators {
 					t.Errorf("validators %+v, want %+v", got, s.validators)
 				}
 				if rec.TTLSource != s.ttlSource {
@@ -747,7 +747,7 @@ func TestStoredRecordSize(t *testing.T) {
 						t.Fatalf("MaxResponseBytes %d, discovery %v: record of %d bytes (bound %d): %v",
 							mrb, discovery, len(b), maxSnapshotRecord(&fx.reg), err)
 					}
-					if len(r.rec.Body) != mrb || r.rec.ETag != s.validators.ETag || r.rec.LastModified != s.validators.LastModified {
+					if len(r.rec.Body) != mrb || string(r.rec.ETag) != s.validators.ETag || string(r.rec.LastModified) != s.validators.LastModified {
 						t.Fatalf("fields changed")
 					}
 				}
@@ -763,13 +763,13 @@ func TestStoredRecordSize(t *testing.T) {
 			edit func(*snapshotRecord)
 			want string
 		}{
-			{"etag at the bound", func(r *snapshotRecord) { r.ETag = long(maxErrorText) }, ""},
-			{"etag over", func(r *snapshotRecord) { r.ETag = long(maxErrorText + 1) }, refusedSize},
-			{"last-modified at the bound", func(r *snapshotRecord) { r.LastModified = long(maxErrorText) }, ""},
-			{"last-modified over", func(r *snapshotRecord) { r.LastModified = long(maxErrorText + 1) }, refusedSize},
+			{"etag at the bound", func(r *snapshotRecord) { r.ETag = []byte(long(maxErrorText)) }, ""},
+			{"etag over", func(r *snapshotRecord) { r.ETag = []byte(long(maxErrorText + 1)) }, refusedSize},
+			{"last-modified at the bound", func(r *snapshotRecord) { r.LastModified = []byte(long(maxErrorText)) }, ""},
+			{"last-modified over", func(r *snapshotRecord) { r.LastModified = []byte(long(maxErrorText + 1)) }, refusedSize},
 			{"ttl source at the bound", func(r *snapshotRecord) { r.TTLSource = long(64) }, ""},
 			{"ttl source over", func(r *snapshotRecord) { r.TTLSource = long(65) }, refusedSize},
-			{"empty validators", func(r *snapshotRecord) { r.ETag, r.LastModified, r.TTLSource = "", "", "" }, ""},
+			{"empty validators", func(r *snapshotRecord) { r.ETag, r.LastModified, r.TTLSource = nil, nil, "" }, ""},
 		} {
 			t.Run(c.name, func(t *testing.T) {
 				b := recReseal(t, recEncode(t, fx, body, nil), nil, c.edit)
@@ -785,7 +785,7 @@ func TestStoredRecordSize(t *testing.T) {
 			at := sealRecord(kindRegistration, bytes.Repeat([]byte("x"), maxRegistrationRecord-overhead), keys)
 			over := sealRecord(kindRegistration, bytes.Repeat([]byte("x"), maxRegistrationRecord-overhead+1), keys)
 			_, err := decodeRegistration(at, keys)
-			wantRefused(t, err, refusedContent) // not JSON
+			wantRefused(t, err, refusedFormat) // not JSON
 			_, err = decodeRegistration(over, keys)
 			wantRefused(t, err, refusedSize)
 
@@ -994,9 +994,9 @@ func TestStoredRecordContent(t *testing.T) {
 		payload string
 		want    string
 	}{
-		{"not JSON", "not json", refusedContent},
+		{"not JSON", "not json", refusedFormat},
 		{"unknown member", `{"tenantId":"t1","providerId":"p1","jwksUrl":"https://a.example","minTTL":"PT1M"}`, refusedContent},
-		{"trailing data", `{"tenantId":"t1"}{}`, refusedContent},
+		{"trailing data", `{"tenantId":"t1"}{}`, refusedFormat},
 		{"bad duration", `{"tenantId":"t1","minTtl":"30s"}`, refusedContent},
 		{"empty object", `{}`, ""}, // validated later, by Register
 	} {
@@ -1019,6 +1019,47 @@ func TestStoredRecordIsRecordError(t *testing.T) {
 			t.Errorf("isRecordError(%v) = %q, true", e, r)
 		}
 	}
+}
+
+// TestStoredRecordWhatRegisterAcceptsRestores checks that what Register
+// accepts can be stored and read back: the bounds of validate keep every
+// size derived from a registration in range (both were bugs once).
+func TestStoredRecordWhatRegisterAcceptsRestores(t *testing.T) {
+	body, _ := recBody(t)
+
+	// maxSnapshotRecord computes MaxResponseBytes/3*4 + 4 + recordOverhead,
+	// which overflows above about 6.9e18: the bound is then negative and
+	// every snapshot record of the provider is refused (size).
+	t.Run("MaxResponseBytes near MaxInt64", func(t *testing.T) {
+		reg := Registration{TenantID: "t1", ProviderID: "p1", JWKSURL: recJWKSURL, MaxResponseBytes: math.MaxInt64 - 1}
+		if reg.Validate() != nil {
+			return // refused at registration
+		}
+		fx := recJWKSFixture()
+		fx.reg = reg.WithDefaults()
+		_, err := decodeSnapshot(fx.key, &fx.reg, fx.pol, recEncode(t, fx, body, nil), nil)
+		if err != nil {
+			t.Fatalf("maxSnapshotRecord is %d for a valid MaxResponseBytes of %d: %v",
+				maxSnapshotRecord(&fx.reg), fx.reg.MaxResponseBytes, err)
+		}
+	})
+
+	// Nothing bounds the JSON form of a registration (AllowedDomains,
+	// PinnedSPKI, URLs), but decodeRegistration refuses one over 64 KiB: a
+	// registration saved by Register is refused by Restore.
+	t.Run("registration over maxRegistrationRecord", func(t *testing.T) {
+		reg := Registration{TenantID: "t1", ProviderID: "p1", JWKSURL: "https://d00000.example/keys"}
+		for i := range maxRegistrationRecord / 16 {
+			reg.AllowedDomains = append(reg.AllowedDomains, fmt.Sprintf("d%05d.example", i))
+		}
+		if reg.Validate() != nil {
+			return // refused at registration
+		}
+		b := encodeRegistration(&reg, nil)
+		if _, err := decodeRegistration(b, nil); err != nil {
+			t.Fatalf("a valid registration's record of %d bytes is refused: %.120v", len(b), err)
+		}
+	})
 }
 
 // --- Fuzzing ---
@@ -1081,7 +1122,7 @@ func checkRestored(t *testing.T, fx recFixture, b []byte, keys macKeys, r *resto
 	}
 	s := &snapshot{
 		keys: r.keys, doc: &document{raw: rec.Body, hash: r.hash, keys: r.keys}, url: rec.URL, issuer: rec.Issuer,
-		validators: validators{ETag: rec.ETag, LastModified: rec.LastModified},
+		validators: validators{ETag: string(rec.ETag), LastModified: string(rec.LastModified)},
 		fetchedAt:  r.fetchedAt(), expiresAt: r.expiresAt(), staleUntil: r.staleUntil(), ttlSource: rec.TTLSource,
 	}
 	b2 := encodeSnapshot(fx.key, s, rec.Discovered, keys)

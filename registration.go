@@ -189,6 +189,10 @@ func (r *Registration) discoveryURL() string {
 	return strings.TrimSuffix(r.Issuer, "/") + "/.well-known/openid-configuration"
 }
 
+// maxResponseBytesCap bounds MaxResponseBytes: no JWKS is a gigabyte, and
+// the bound keeps every size derived from it (stored records) in range.
+const maxResponseBytesCap = 1 << 30
+
 // ttlFloor is the hard floor of MinTTL: no setting makes the cache fetch a
 // provider more often than this in the steady state. It is a variable only
 // so that the package's own tests can run refresh cycles of real stores in
@@ -296,8 +300,8 @@ func (r *Registration) validate(pol urlPolicy) error {
 	if r.MaxTTL < r.MinTTL {
 		bad("maxTtl", "must be at least minTtl (%v), got %v", r.MinTTL, r.MaxTTL)
 	}
-	if r.MaxResponseBytes <= 0 {
-		bad("maxResponseBytes", "must be positive, got %d", r.MaxResponseBytes)
+	if r.MaxResponseBytes <= 0 || r.MaxResponseBytes > maxResponseBytesCap {
+		bad("maxResponseBytes", "must be in 1..%d, got %d", int64(maxResponseBytesCap), r.MaxResponseBytes)
 	}
 	if r.NegativeCacheTTL < time.Second {
 		bad("negativeCacheTtl", "must be at least 1s, got %v", r.NegativeCacheTTL)
@@ -331,11 +335,21 @@ func (r *Registration) validate(pol urlPolicy) error {
 	default:
 		bad("retryPolicy.jitter", "must be none, full or decorrelated, got %q", rp.Jitter)
 	}
+	if len(e.Fields) == 0 {
+		// A registration is persisted (Options.Store) in its JSON form.
+		if b, err := json.Marshal(r); err == nil && len(b) > maxRegistrationJSON {
+			bad("registration", "its JSON form is %d bytes, over %d (too many allowedDomains or pinnedSpki?)", len(b), maxRegistrationJSON)
+		}
+	}
 	if len(e.Fields) > 0 {
 		return e
 	}
 	return nil
 }
+
+// maxRegistrationJSON bounds a registration's JSON form, so that every
+// registration can be stored and restored (see maxRegistrationRecord).
+const maxRegistrationJSON = 256 << 10
 
 func checkID(id string, underscore bool) string {
 	if id == "" {

@@ -54,14 +54,29 @@ func (p *provider) storeStep(o *outcome) (done bool, err error) {
 		return false, nil
 	}
 	// Another instance is fetching: wait for its commit, then adopt it.
-	ps.waitNote(p.key, leaseTTL(o.reg))
-	if r := ps.load(p, o.reg, time.Now()); r != nil {
-		if done, err := p.adoptFor(o, r, sourceFleet, start); done || err != nil {
-			return true, err
+	// Its note wakes us; since notes can be lost (a subscription being
+	// re-established), the store is also read now and then.
+	deadline := start.Add(leaseTTL(o.reg))
+	for wait := fleetPollMin; ; wait = min(2*wait, fleetPollMax) {
+		d := min(wait, time.Until(deadline))
+		if d <= 0 || p.m.ctx.Err() != nil {
+			return false, nil // the holder failed or died: fetch for ourselves
+		}
+		ps.waitNote(p.key, d)
+		if r := ps.load(p, o.reg, time.Now()); r != nil {
+			if done, err := p.adoptFor(o, r, sourceFleet, start); done || err != nil {
+				return true, err
+			}
 		}
 	}
-	return false, nil // the holder failed or died: fetch for ourselves
 }
+
+// How often a refresh waiting for another instance's commit reads the
+// store, besides waking on its note.
+const (
+	fleetPollMin = 250 * time.Millisecond
+	fleetPollMax = time.Second
+)
 
 // adoptFor adopts r for the refresh o if it is newer than the keys served.
 // done reports that no fetch is needed after it: an unknown-kid refresh is
@@ -145,7 +160,7 @@ func (p *provider) adoptLocked(r *restoredSnapshot, reg *Registration, src snaps
 	doc := p.m.docs.intern(r.hash, r.rec.Body, r.keys)
 	ns := &snapshot{
 		keys: doc.keys, doc: doc, url: r.rec.URL, issuer: reg.Issuer,
-		validators: validators{ETag: r.rec.ETag, LastModified: r.rec.LastModified},
+		validators: validators{ETag: string(r.rec.ETag), LastModified: string(r.rec.LastModified)},
 		fetchedAt:  r.fetchedAt(), expiresAt: r.expiresAt(), staleUntil: r.expiresAt().Add(reg.staleWindow()),
 		ttlSource: r.rec.TTLSource, source: src,
 	}
