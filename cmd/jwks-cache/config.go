@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/jwkscache/jwkscache"
+	"github.com/jwkscache/jwkscache/store/redisstore"
 	"github.com/redis/go-redis/v9"
 	yaml "go.yaml.in/yaml/v4"
 )
@@ -29,7 +30,7 @@ const (
 	defaultListen          = "127.0.0.1:8080"
 	defaultBoltPath        = "./jwks-cache.db"
 	defaultShutdownTimeout = 15 * time.Second
-	defaultRedisPrefix     = "jwkscache:"
+	defaultRedisPrefix     = redisstore.DefaultPrefix
 )
 
 // Environment variables read by serve. They override the file.

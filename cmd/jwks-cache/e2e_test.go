@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -22,6 +23,7 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/jwkscache/jwkscache/internal/redistest"
 	"github.com/jwkscache/jwkscache/jwkscachetest"
 )
 
@@ -529,4 +531,64 @@ func TestDemoBinary(t *testing.T) {
 		}
 	}
 	t.Logf("demo took %v", time.Since(start))
+}
+
+// TestEndToEndRedis: the same restart with a Redis store, its records
+// signed with a key from the environment (store.keyEnv).
+func TestEndToEndRedis(t *testing.T) {
+	binPath := buildBinary(t)
+	client := redistest.Client(t)
+	prefix := redistest.Prefix(t, client)
+	idp := jwkscachetest.New()
+	if err := idp.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer idp.Close()
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "c.yaml")
+	cfg := fmt.Sprintf(`listen: 127.0.0.1:0
+adminTokens: [%s]
+store: {redis: 'redis://%s/0', prefix: '%s', keyEnv: TEST_STORE_KEY}
+security: {allowedAddresses: [127.0.0.0/8], rootCAFile: %s}
+`, e2eToken, redistest.Addr(t), prefix, writeCA(t, idp, dir))
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key := "TEST_STORE_KEY=" + key32
+	p := startServe(t, binPath, cfgPath, key)
+	provider := p.addr + "/tenants/acme/providers/main"
+	reg := fmt.Sprintf(`{"jwksUrl": %q, "issuer": %q}`, idp.JWKSURL(), idp.Issuer())
+	if code, _, body := call(t, http.MethodPut, provider, e2eToken, []byte(reg), nil); code != http.StatusAccepted {
+		t.Fatalf("PUT: %d %s", code, body)
+	}
+	tok := idp.Token(idp.Claims("alice", "api"))
+	verifyWith(t, tok, getJWKS(t, provider+"/jwks", false))
+	if code := p.stop(); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	if strings.Contains(p.logs.text(), key32) {
+		t.Fatal("the store key was logged")
+	}
+	idp.Close()
+
+	p = startServe(t, binPath, cfgPath, key)
+	provider = p.addr + "/tenants/acme/providers/main"
+	verifyWith(t, tok, getJWKS(t, provider+"/jwks", false))
+	code, _, body := call(t, http.MethodGet, provider+"/status", e2eToken, nil, nil)
+	var st struct{ Source string }
+	if err := json.Unmarshal(body, &st); err != nil || code != http.StatusOK || st.Source != "store" {
+		t.Fatalf("status %d, source %q: %s", code, st.Source, body)
+	}
+	if code := p.stop(); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+
+	// Without the key, the signed records are refused: nothing restored.
+	p = startServe(t, binPath, cfgPath, "TEST_STORE_KEY="+base64.StdEncoding.EncodeToString([]byte("another-key-of-32-bytes-xxxxxxxx")))
+	if code, _, body := call(t, http.MethodGet, p.addr+"/tenants/acme/providers/main/status", e2eToken, nil, nil); code != http.StatusNotFound {
+		t.Fatalf("restored with the wrong key: %d %s", code, body)
+	}
+	if code := p.stop(); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
 }
