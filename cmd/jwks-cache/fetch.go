@@ -187,12 +187,12 @@ func fetchOnce(ctx context.Context, rawURL string, discovery bool, opts jwkscach
 		}
 		msg := strings.Join(msgs, "; ")
 		if errors.Is(err, jwkscache.ErrSecurityPolicy) {
-			rep.Policy = append(rep.Policy, policyCheck{"url", "fail", msg})
+			rep.Policy = append(rep.Policy, policyCheck{"url", "fail", "refused: " + msg})
 		} else {
 			rep.Policy = append(rep.Policy, policyCheck{"url", "fail", "invalid URL: " + msg})
 		}
 		rep.Policy = append(rep.Policy, policyCheck{"address", "skipped", "refused before any connection"})
-		rep.Error = &fetchErrorReport{Message: err.Error()}
+		rep.Error = &fetchErrorReport{Message: cliText(err.Error())}
 		return rep, nil
 	}
 	rep.Policy = append(rep.Policy, policyCheck{"url", "pass", "the cache accepts the URL"})
@@ -302,6 +302,7 @@ func describeFetchError(err error, st jwkscache.ProviderStatus) *fetchErrorRepor
 	} else if st.LastError != "" {
 		r.Message = st.LastError
 	}
+	r.Message = cliText(r.Message)
 	if errors.Is(err, context.DeadlineExceeded) && r.Class == "" {
 		r.Class = string(jwkscache.ClassTimeout)
 	}
@@ -322,7 +323,7 @@ func printFetch(w io.Writer, r *fetchReport) {
 		fmt.Fprintf(w, "  %-8s %-7s %s\n", c.Check, c.Verdict, c.Detail)
 	}
 	if r.Error != nil {
-		what := "error"
+		what := "refused"
 		if r.Error.Class != "" {
 			what = r.Error.Class
 		}

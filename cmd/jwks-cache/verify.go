@@ -233,6 +233,9 @@ func verifyWithManager(ctx context.Context, raw string, vf *verifyFlags) (verdic
 	v := verdict{KID: kid}
 	if st, serr := m.Status(cliTenant, cliProvider); serr == nil && st.JWKSURL != "" {
 		v.Keys = fmt.Sprintf("%s (%d usable)", st.JWKSURL, len(st.Keys))
+		if len(st.Keys) == 0 && st.ErrorCount == 0 {
+			v.Keys = st.JWKSURL + " (not fetched: the token was refused first)"
+		}
 	}
 	if err == nil && tok.Valid {
 		v.Valid = true
@@ -389,6 +392,21 @@ func cleanJWTError(err error) string {
 	s := err.Error()
 	for _, p := range []string{"token is unverifiable: ", "error while executing keyfunc: ", "token is malformed: "} {
 		s = strings.Replace(s, p, "", 1)
+	}
+	return cliText(s)
+}
+
+// cliText removes the one-off Manager's tenant and provider ("cli/cli")
+// from an error text: they mean nothing to the user.
+func cliText(s string) string {
+	pair := cliTenant + "/" + cliProvider
+	if rest, ok := strings.CutPrefix(s, "jwkscache: "+pair+" ("); ok {
+		if _, after, ok := strings.Cut(rest, "): "); ok {
+			s = after
+		}
+	}
+	for _, p := range []string{"jwkscache: " + pair + ": ", pair + ": ", "keyfunc: "} {
+		s = strings.ReplaceAll(s, p, "")
 	}
 	return s
 }
