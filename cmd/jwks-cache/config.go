@@ -523,6 +523,7 @@ func (l *loader) security(n *yaml.Node, path string) {
 			}
 		case "allowedDomains":
 			s.AllowedDomains = l.strList(v, p)
+			l.checkDomains(v, p, s.AllowedDomains)
 		case "allowedAddresses":
 			l.sequence(v, p, func(_ int, iv *yaml.Node, ip string) {
 				if str, ok := l.str(iv, ip); ok {
@@ -545,6 +546,30 @@ func (l *loader) security(n *yaml.Node, path string) {
 			l.unknown(kn, p)
 		}
 	})
+}
+
+// checkDomains applies the library's rule for allowlist entries, through
+// Registration.Validate, which checks a registration's allowedDomains
+// exactly as New checks Options.AllowedDomains.
+func (l *loader) checkDomains(n *yaml.Node, path string, domains []string) {
+	n = l.deref(n)
+	if n.Kind != yaml.SequenceNode || len(n.Content) != len(domains) {
+		return // already reported
+	}
+	reg := jwkscache.Registration{TenantID: "x", ProviderID: "x", JWKSURL: "https://x.invalid/", AllowedDomains: domains}
+	var re *jwkscache.RegistrationError
+	if !errors.As(reg.Validate(), &re) {
+		return
+	}
+	for _, f := range re.Fields {
+		idx, ok := strings.CutPrefix(f.Field, "allowedDomains[")
+		if !ok {
+			continue
+		}
+		if i, err := strconv.Atoi(strings.TrimSuffix(idx, "]")); err == nil && i < len(n.Content) {
+			l.failAt(n.Content[i], fmt.Sprintf("%s[%d]", path, i), "%s", f.Message)
+		}
+	}
 }
 
 // parsePrefix reads a CIDR prefix; a bare address is its own /32 or /128.

@@ -248,6 +248,7 @@ func TestConfigErrors(t *testing.T) {
 		{"short token", "adminTokens: [short]\n", nil, []string{"adminTokens[0]: a token needs at least 16 characters"}},
 		{"token with a space", "adminTokens: ['0123456789 abcdef']\n", nil, []string{"adminTokens[0]: character 11"}},
 		{"bad tenant in tenantTokens", "tenantTokens: {'a.b': [" + tokA + "]}\n", nil, []string{"tenantTokens.a.b: a tenant ID has only"}},
+		{"bad allowed domain", "security: {allowedDomains: [example.com, '*.example.org']}\n", nil, []string{"c.yaml:1:42: security.allowedDomains[1]: ", "bare host name"}},
 		{"bad CIDR", "security: {allowedAddresses: [10.0.0.1/8, nope]}\n", nil, []string{"security.allowedAddresses[0]: ", "host bits", "security.allowedAddresses[1]: \"nope\""}},
 		{"two stores", "store: {bolt: /x, memory: true}\n", nil, []string{"store: has bolt and memory: choose one"}},
 		{"no store kind", "store: {prefix: 'a:'}\n", nil, []string{"store: needs one of bolt, redis or memory"}},
