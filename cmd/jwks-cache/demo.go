@@ -224,6 +224,9 @@ func runDemo(ctx context.Context, w io.Writer, log *slog.Logger) error {
 		paths = append(paths, fmt.Sprintf("%s x%d", p, n))
 	}
 	slices.Sort(paths)
+	if n := counts[jwkscachetest.JWKSPath]; n != 2 || idp.TotalRequests() != 2 {
+		return fmt.Errorf("the IdP answered %d requests (%s), expected 2 for its key set", idp.TotalRequests(), strings.Join(paths, ", "))
+	}
 	d.say("The IdP answered %d requests (%s): the first load and one revalidation.", idp.TotalRequests(), strings.Join(paths, ", "))
 	d.say("The daemon answered %d requests from this demo; all keys came from memory", d.calls)
 	d.say("except where it said it asked the IdP.")
@@ -234,9 +237,6 @@ func runDemo(ctx context.Context, w io.Writer, log *slog.Logger) error {
 		return fmt.Errorf("stopping the daemon: %w", err)
 	}
 	d.say("The daemon stopped cleanly. Done in %s.", time.Since(start).Round(10*time.Millisecond))
-	if n := counts[jwkscachetest.JWKSPath]; n != 2 {
-		return fmt.Errorf("the IdP served its key set %d times, expected 2", n)
-	}
 	return nil
 }
 

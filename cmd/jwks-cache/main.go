@@ -163,6 +163,10 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer, getenv func(
 	defer stop()
 	d, err := startDaemon(ctx, cfg, log, daemonHooks{})
 	if err != nil {
+		if ctx.Err() != nil {
+			log.Info("stopped during start-up")
+			return exitOK
+		}
 		log.Error("start failed", slog.String("error", err.Error()))
 		return exitFailure
 	}
