@@ -62,6 +62,7 @@ type config struct {
 	Store           storeConfig
 	Security        securityConfig
 	Providers       []providerConfig
+	TokensInFile    bool // the file has adminTokens or tenantTokens
 }
 
 // storeConfig says where registrations and snapshots persist.
@@ -253,7 +254,9 @@ func (l *loader) parse(data []byte) {
 			}
 		case "adminTokens":
 			l.cfg.AdminTokens = l.tokens(v, path)
+			l.cfg.TokensInFile = true
 		case "tenantTokens":
+			l.cfg.TokensInFile = true
 			l.cfg.TenantTokens = map[string][]string{}
 			l.mapping(v, path, func(tenant string, kn, tv *yaml.Node, tpath string) {
 				if msg := checkTenant(tenant); msg != "" {

@@ -152,6 +152,12 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer, getenv func(
 		return checkConfig(ctx, cfg, stderr)
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	if cfg.TokensInFile {
+		if fi, err := os.Stat(*configPath); err == nil && fi.Mode().Perm()&0o044 != 0 {
+			log.Warn("the configuration file holds tokens and is readable by other users; chmod 600 it, or pass the tokens in "+envAdminToken,
+				slog.String("file", *configPath), slog.String("mode", fi.Mode().Perm().String()))
+		}
+	}
 	if len(cfg.AdminTokens) == 0 {
 		// Printed once, here, and never logged.
 		tok := newToken()
