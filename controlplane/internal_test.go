@@ -2,8 +2,8 @@ package controlplane
 
 import (
 	"hash/maphash"
-	"strconv"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
