@@ -8,7 +8,6 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"net/http"
-	"path"
 	"slices"
 	"strings"
 	"time"
@@ -246,16 +245,25 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // isClean reports whether p is an absolute path without empty, "." or ".."
-// segments, as the ServeMux wants it.
+// segments (a trailing slash aside), as the ServeMux wants it.
 func isClean(p string) bool {
-	if p[0] != '/' {
+	if p == "" || p[0] != '/' {
 		return false
 	}
-	c := path.Clean(p)
-	if strings.HasSuffix(p, "/") && c != "/" {
-		c += "/"
+	for i := 1; i <= len(p); {
+		j := strings.IndexByte(p[i:], '/')
+		if j < 0 {
+			j = len(p) - i
+		}
+		switch seg := p[i : i+j]; {
+		case seg == "." || seg == "..":
+			return false
+		case seg == "" && i+j < len(p):
+			return false // "//"
+		}
+		i += j + 1
 	}
-	return c == p
+	return true
 }
 
 // logWriter records the status of a response for the access log.
