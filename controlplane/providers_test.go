@@ -254,6 +254,12 @@ func TestPutIfMatch(t *testing.T) {
 	if r := put(reg2, "*"); r.status != http.StatusAccepted {
 		t.Errorf("*: %d %s", r.status, r.body)
 	}
+	// A bad registration is 400 whatever its If-Match.
+	for _, im := range []string{`"nope"`, `"a", "b"`, `""`, `"*"`, "*"} {
+		if r := put(`{"jwksUrl":"https://idp.test/acme/auth0","minTtl":"PT1S"}`, im); r.status != http.StatusBadRequest {
+			t.Errorf("bad registration, If-Match %s: %d %s", im, r.status, r.body)
+		}
+	}
 	// Malformed.
 	for _, im := range []string{"abc", `"abc`, `"a" "b"`, "", strings.Repeat(`"a",`, 300)} {
 		r := put(reg2, im)

@@ -173,7 +173,9 @@ func (h *Handler) parseIfMatch(w http.ResponseWriter, r *http.Request) (precondi
 	return c, true
 }
 
-// register applies reg under the precondition c.
+// register applies reg under the precondition c. A precondition that
+// cannot match still has reg validated first, so that a bad registration
+// is 400 whatever its If-Match, as with a single tag.
 func (h *Handler) register(ctx context.Context, reg jwkscache.Registration, c precondition) error {
 	switch {
 	case !c.present:
@@ -181,30 +183,31 @@ func (h *Handler) register(ctx context.Context, reg jwkscache.Registration, c pr
 	case c.any:
 		return h.m.RegisterIfVersion(ctx, reg, "*")
 	}
-	version := ""
+	version := dryRunVersion
 	switch len(c.tags) {
 	case 0:
-		return errConflict
 	case 1:
 		version = c.tags[0]
 	default:
-		st, err := h.m.Status(reg.TenantID, reg.ProviderID)
-		if err != nil {
-			return err
-		}
-		for _, t := range c.tags {
-			if t == st.RegistrationVersion {
-				version = t
-				break
+		if st, err := h.m.Status(reg.TenantID, reg.ProviderID); err == nil {
+			for _, t := range c.tags {
+				if t == st.RegistrationVersion {
+					version = t
+					break
+				}
 			}
 		}
 	}
-	// A tag "*" (quoted) or "" is no version; RegisterIfVersion would take
-	// the first for the wildcard.
+	// A tag "*" (quoted) or "" names no version; RegisterIfVersion would
+	// take the first for the wildcard, and refuse the second unvalidated.
 	if version == "" || version == "*" {
+		version = dryRunVersion
+	}
+	err := h.m.RegisterIfVersion(ctx, reg, version)
+	if err == nil && version == dryRunVersion { // cannot happen
 		return errConflict
 	}
-	return h.m.RegisterIfVersion(ctx, reg, version)
+	return err
 }
 
 // checkJSONContentType returns why a Content-Type is not JSON, or "".
