@@ -258,6 +258,7 @@ func serve(tb testing.TB, c *apitest.Checker, h http.Handler, method, target, bo
 	h.ServeHTTP(rec, req)
 	res := rec.Result()
 	b, _ := io.ReadAll(res.Body)
+	cover(in.Route.Method, in.Route.Path, res.StatusCode)
 	if err := c.CheckResponse(ctx, in, res.StatusCode, res.Header, b); err != nil {
 		tb.Errorf("contract: %s %s: %d %s: %v", method, target, res.StatusCode, clip(b), err)
 	}
