@@ -8,6 +8,7 @@ package jwkscache_test
 // MinTTL, lowered for this test binary only) and max-age of seconds.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -466,4 +467,105 @@ func TestRedisForgedAndCopiedRecords(t *testing.T) {
 	if _, err := victim.Key(ctx, "other", "p", keys[0].KID); err != nil {
 		t.Fatalf("the genuine record: %v", err)
 	}
+}
+
+// cmdCounter counts the round trips a Redis client makes: each command
+// sent alone, and each pipeline, is one.
+type cmdCounter struct{ n atomic.Int64 }
+
+func (c *cmdCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *cmdCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+func (c *cmdCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmds)
+	}
+}
+
+// BenchmarkFleetRefresh measures one scheduled refresh of a fleet
+// instance: "holder" takes the lease, fetches and commits; "adopter" finds
+// a newer snapshot another instance committed and adopts it instead of
+// fetching. roundtrips/refresh counts the Redis round trips (commands and
+// pipelines) each makes, the lease release after an adoption included.
+func BenchmarkFleetRefresh(b *testing.B) {
+	c := redistest.Client(b)
+	prefix := redistest.Prefix(b, c)
+	addr := redistest.Addr(b)
+	idp := jwkscachetest.NewEmpty()
+	if err := idp.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(idp.Close)
+	idp.KeySet("/p").Set(jwkscachetest.NewKey("ES256", "k"))
+	instance := func() (*jwkscache.Manager, *cmdCounter) {
+		rc := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
+		b.Cleanup(func() { _ = rc.Close() })
+		count := new(cmdCounter)
+		rc.AddHook(count)
+		s, err := redisstore.New(rc, redisstore.WithPrefix(prefix))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = s.Close() })
+		m, err := jwkscache.New(realOptions(idp, s))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = m.Close() })
+		if err := m.Register(b.Context(), jwkscache.Registration{TenantID: "t", ProviderID: "p", JWKSURL: idp.URL() + "/p"}); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := m.Key(b.Context(), "t", "p", "k"); err != nil {
+			b.Fatal(err)
+		}
+		return m, count
+	}
+	a, countA := instance()
+	o, countO := instance()
+	// quiet waits until the commits and releases queued on the store
+	// goroutines have run, so they are counted with their refresh.
+	quiet := func(c *cmdCounter) int64 {
+		for last := c.n.Load(); ; {
+			t := time.NewTimer(20 * time.Millisecond)
+			<-t.C
+			if n := c.n.Load(); n == last {
+				return n
+			} else {
+				last = n
+			}
+		}
+	}
+	b.Run("holder", func(b *testing.B) {
+		before := quiet(countA)
+		for b.Loop() {
+			if err := a.RefreshScheduledForTest("t", "p"); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(quiet(countA)-before)/float64(b.N), "roundtrips/refresh")
+	})
+	b.Run("adopter", func(b *testing.B) {
+		var trips int64
+		for b.Loop() {
+			b.StopTimer()
+			if err := a.RefreshScheduledForTest("t", "p"); err != nil { // another instance commits
+				b.Fatal(err)
+			}
+			quiet(countA)
+			before := quiet(countO)
+			b.StartTimer()
+			if err := o.RefreshScheduledForTest("t", "p"); err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			trips += quiet(countO) - before
+			b.StartTimer()
+		}
+		b.ReportMetric(float64(trips)/float64(b.N), "roundtrips/refresh")
+	})
 }

@@ -625,29 +625,22 @@ func (ps *persister) tryLease(p *provider, reg *Registration) (Lease, *restoredS
 }
 
 // commit saves s under the lease, publishes its hash and releases the
-// lease, on a store goroutine; the refresh does not wait for it. A failed
-// commit leaves the snapshot to the writer.
+// lease, on a store goroutine, and waits for it (bounded as every call):
+// the refresh ends once the fleet can see its result, so that this
+// instance's next refresh of the pair never finds its own lease still
+// held. A failed commit leaves the snapshot to the writer; the lease then
+// lapses by itself.
 func (ps *persister) commit(p *provider, l Lease, s *snapshot) {
 	rec := encodeSnapshot(p.key, s, p.registration().usesDiscovery(), ps.keys)
 	note := bytes.Clone(s.doc.hash[:])
-	job := func() {
-		ctx, cancel := context.WithTimeout(ps.ctx, ps.timeout)
-		defer cancel()
-		if err := l.Commit(ctx, rec, s.staleUntil, note); err != nil {
-			ps.failed(opCommit, p.key, err)
-			ps.write(p.key, pendingWrite{snap: rec, snapDead: s.staleUntil})
-			return
-		}
-		ps.ok(p.key)
-		ps.committed.Add(1)
-	}
-	select {
-	case ps.jobs <- job:
-	default:
-		ps.failed(opCommit, p.key, errStoreBusy)
+	err := ps.call(opCommit, p.key, func(ctx context.Context) error {
+		return l.Commit(ctx, rec, s.staleUntil, note)
+	})
+	if err != nil {
 		ps.write(p.key, pendingWrite{snap: rec, snapDead: s.staleUntil})
-		ps.release(l) // lapses by itself if this cannot run either
+		return
 	}
+	ps.committed.Add(1)
 }
 
 // release gives a lease up on a store goroutine.

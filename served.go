@@ -58,9 +58,11 @@ func (p *provider) served(now time.Time) (*ServedJWKS, error) {
 	if c := p.servedCache.Load(); c != nil && c.snap == s && c.denied == denied && c.Stale == stale {
 		return c, nil
 	}
+	// Last-Modified never goes back: a denial, a lifted one or the turn
+	// to stale changes the document of the same fetch, now.
 	lastMod := s.fetchedAt
-	if denied != nil {
-		lastMod = now // a denial changes the document without a fetch
+	if c := p.servedCache.Load(); c != nil && (c.snap == s || !c.LastModified.Before(lastMod)) {
+		lastMod = now
 	}
 	out := &ServedJWKS{FetchedAt: s.fetchedAt, ExpiresAt: s.expiresAt, Stale: stale, Source: s.source.String(), snap: s, denied: denied, LastModified: lastMod}
 	for _, k := range s.keys.keys {
@@ -126,7 +128,7 @@ func (m *Manager) JWKS(ctx context.Context, tenant, providerID string) (*ServedJ
 	if err != nil {
 		return nil, err
 	}
-	if sj, err := p.served(time.Now()); err == nil {
+	if sj, err := p.served(time.Now()); err == nil && len(sj.KIDs) > 0 {
 		return sj, nil
 	}
 	if _, err := m.Resolve(ctx, tenant, providerID); err != nil {
@@ -135,6 +137,9 @@ func (m *Manager) JWKS(ctx context.Context, tenant, providerID string) (*ServedJ
 	sj, err := p.served(time.Now())
 	if err != nil {
 		return nil, p.opError("jwks", &noKeysError{cause: p.lastError()})
+	}
+	if len(sj.KIDs) == 0 {
+		return nil, p.opError("jwks", &noKeysError{cause: fmt.Errorf("every key is denied: %w", ErrKeyDenied)})
 	}
 	return sj, nil
 }
@@ -149,6 +154,12 @@ func (m *Manager) JWKS(ctx context.Context, tenant, providerID string) (*ServedJ
 func (m *Manager) Revalidate(ctx context.Context, tenant, providerID string) error {
 	p, err := m.provider(tenant, providerID)
 	if err != nil {
+		return err
+	}
+	if p.snap.Load() == nil {
+		// A cold provider: its first load is the revalidation, and does
+		// not spend the budget.
+		_, err := m.Resolve(ctx, tenant, providerID)
 		return err
 	}
 	if why := p.allowKIDRefresh("\x00revalidate"); why != "" {

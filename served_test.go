@@ -287,3 +287,50 @@ func TestProviderMetrics_OwnSeriesOnly(t *testing.T) {
 		}
 	})
 }
+
+// Last-Modified never goes back (a client holding a newer document would
+// get 304 for an older one), and a document with every key denied is no
+// document.
+func TestJWKS_LastModifiedMonotonicAndAllDenied(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		idp := testidp.New()
+		i6Serve(idp, mtPath, 3600, testidp.NewKey("ES256", "k1"))
+		m := mtManager(t, idp, Options{})
+		mtLoad(t, m, mtTenant, mtProvider, mtURL)
+		first, _ := m.JWKS(t.Context(), mtTenant, mtProvider)
+		i6Step(time.Minute)
+		if err := m.DenyKey(mtTenant, mtProvider, "k1"); err != nil {
+			t.Fatal(err)
+		}
+		_, err := m.JWKS(t.Context(), mtTenant, mtProvider)
+		if !errors.Is(err, ErrNoKeys) || !errors.Is(err, ErrKeyDenied) {
+			t.Fatalf("JWKS with every key denied = %v, want ErrNoKeys and ErrKeyDenied", err)
+		}
+		i6Step(time.Minute)
+		if err := m.AllowKey(mtTenant, mtProvider, "k1"); err != nil {
+			t.Fatal(err)
+		}
+		again, err := m.JWKS(t.Context(), mtTenant, mtProvider)
+		if err != nil || !again.LastModified.After(first.LastModified) {
+			t.Fatalf("after AllowKey: Last-Modified %v, was %v (%v)", again.LastModified, first.LastModified, err)
+		}
+	})
+}
+
+// Revalidate on a cold provider is its first load, which spends no budget.
+func TestRevalidate_ColdProviderSpendsNoBudget(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		idp := testidp.New()
+		i6Serve(idp, mtPath, 3600, testidp.NewKey("ES256", "k1"))
+		m := mtManager(t, idp, Options{})
+		mtRegister(t, m, mtTenant, mtProvider, mtURL)
+		if err := m.Revalidate(t.Context(), mtTenant, mtProvider); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 2 { // the whole burst is left
+			if err := m.Revalidate(t.Context(), mtTenant, mtProvider); err != nil {
+				t.Fatalf("revalidation %d after a cold one: %v", i+1, err)
+			}
+		}
+	})
+}
