@@ -23,6 +23,7 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/jwkscache/jwkscache/api/apitest"
 	"github.com/jwkscache/jwkscache/internal/redistest"
 	"github.com/jwkscache/jwkscache/jwkscachetest"
 )
@@ -230,7 +231,7 @@ func call(t *testing.T, method, url, token string, body []byte, h http.Header) (
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := contractClient(t).Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}
@@ -240,6 +241,23 @@ func call(t *testing.T, method, url, token string, body []byte, h http.Header) (
 		t.Fatal(err)
 	}
 	return resp.StatusCode, resp.Header, b
+}
+
+// contractClient is an HTTP client that checks every answer against
+// api/openapi.yaml (package api/apitest), failing t on a mismatch.
+func contractClient(t *testing.T) *http.Client {
+	t.Helper()
+	checker.once.Do(func() { checker.c, checker.err = apitest.New() })
+	if checker.err != nil {
+		t.Fatal(checker.err)
+	}
+	return &http.Client{Transport: checker.c.Transport(t, http.DefaultTransport)}
+}
+
+var checker struct {
+	once sync.Once
+	c    *apitest.Checker
+	err  error
 }
 
 // served is the daemon's JWKS document.
