@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
@@ -11,13 +12,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptrace"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -410,14 +412,31 @@ security:
 }
 
 // TestGracefulShutdown: SIGTERM during a request lets it finish, and the
-// process exits 0.
+// process exits 0. The request is a GET .../jwks with Cache-Control:
+// no-cache, whose revalidation the IdP holds: when the IdP sees the
+// daemon's fetch, the daemon's handler is surely running.
 func TestGracefulShutdown(t *testing.T) {
 	binPath := buildBinary(t)
 	idp := jwkscachetest.New()
-	if err := idp.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer idp.Close()
+	var hold atomic.Bool
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == jwkscachetest.JWKSPath && hold.Load() {
+			arrived <- struct{}{}
+			<-release
+		}
+		idp.ServeHTTP(w, r)
+	}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{idp.Certificate()}}
+	srv.StartTLS()
+	defer srv.Close()
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+	}()
+
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "c.yaml")
 	cfg := fmt.Sprintf("listen: 127.0.0.1:0\nadminTokens: [%s]\nstore: {memory: true}\nsecurity: {allowedAddresses: [127.0.0.0/8], rootCAFile: %s}\n",
@@ -426,27 +445,21 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := startServe(t, binPath, cfgPath)
-
-	// A PUT whose body arrives in two halves, SIGTERM in between.
-	body := []byte(fmt.Sprintf(`{"jwksUrl": %q, "issuer": %q}`, idp.JWKSURL(), idp.Issuer()))
-	pr, pw := io.Pipe()
-	sent := make(chan struct{})
-	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
-		WroteHeaders: func() { close(sent) },
-	})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, p.addr+"/tenants/acme/providers/main", pr)
-	if err != nil {
-		t.Fatal(err)
+	provider := p.addr + "/tenants/acme/providers/main"
+	if code, _, body := call(t, http.MethodPut, provider, e2eToken, fmt.Appendf(nil, `{"jwksUrl": %q}`, srv.URL+jwkscachetest.JWKSPath), nil); code != http.StatusAccepted {
+		t.Fatalf("PUT: %d %s", code, body)
 	}
-	req.Header.Set("Authorization", "Bearer "+e2eToken)
-	req.Header.Set("Content-Type", "application/json")
-	req.ContentLength = int64(len(body))
+	getJWKS(t, provider+"/jwks", false) // the first load
+
+	hold.Store(true)
 	type result struct {
 		code int
 		err  error
 	}
 	res := make(chan result, 1)
 	go func() {
+		req, _ := http.NewRequest(http.MethodGet, provider+"/jwks", nil)
+		req.Header.Set("Cache-Control", "no-cache")
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			res <- result{err: err}
@@ -455,23 +468,17 @@ func TestGracefulShutdown(t *testing.T) {
 		resp.Body.Close()
 		res <- result{code: resp.StatusCode}
 	}()
-	half := len(body) / 2
-	if _, err := pw.Write(body[:half]); err != nil {
-		t.Fatal(err)
-	}
-	<-sent
+	<-arrived
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := p.waitFor(`"msg":"shutting down"`, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pw.Write(body[half:]); err != nil {
-		t.Fatal(err)
-	}
-	pw.Close()
+	released = true
+	close(release)
 	r := <-res
-	if r.err != nil || r.code != http.StatusAccepted {
+	if r.err != nil || r.code != http.StatusOK {
 		t.Fatalf("the request in flight: %d %v", r.code, r.err)
 	}
 	<-p.done
@@ -543,7 +550,7 @@ func TestDemoBinary(t *testing.T) {
 	if err != nil {
 		t.Fatalf("demo: %v after %v\n%s", err, time.Since(start), out)
 	}
-	for _, want := range []string{"202 Accepted", "kids [k1 k2]", "revalidation failed", "stopped cleanly"} {
+	for _, want := range []string{"202 Accepted", "kids [k1 k2]", "fetch failed", "stopped cleanly"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("no %q in:\n%s", want, out)
 		}
