@@ -128,7 +128,10 @@ func (m *Manager) JWKS(ctx context.Context, tenant, providerID string) (*ServedJ
 	if err != nil {
 		return nil, err
 	}
-	if sj, err := p.served(time.Now()); err == nil && len(sj.KIDs) > 0 {
+	if sj, err := p.served(time.Now()); err == nil {
+		if len(sj.KIDs) == 0 {
+			return nil, p.opError("jwks", &noKeysError{cause: fmt.Errorf("every key is denied: %w", ErrKeyDenied)})
+		}
 		return sj, nil
 	}
 	if _, err := m.Resolve(ctx, tenant, providerID); err != nil {
