@@ -29,6 +29,13 @@ type metricSpec struct {
 var (
 	stateValues      = []string{"Empty", "Loading", "Ready", "Refreshing"}
 	errorClassValues = []string{"timeout", "tls", "pin", "blocked_address", "redirect", "too_large", "parse", "no_keys", "status", "network", "panic", "closed"}
+
+	// Store operations (load, save, delete and load_registrations for
+	// every Store; lease, commit and subscribe for a FleetStore), reasons a
+	// stored record is refused, and fleet lease outcomes.
+	storeOpValues       = []string{"load", "save", "delete", "load_registrations", "lease", "commit", "subscribe"}
+	refusedReasonValues = []string{"format", "size", "checksum", "mac", "owner", "content", "expired"}
+	leaseResultValues   = []string{"acquired", "held", "error"}
 )
 
 var exportedMetrics = []metricSpec{
@@ -57,4 +64,15 @@ var exportedMetrics = []metricSpec{
 	{name: "jwks_cache_scheduler_busy_workers", typ: gauge},
 	{name: "jwks_cache_providers", typ: gauge, labels: map[string][]string{"state": stateValues}},
 	{name: "jwks_cache_panics_recovered_total", typ: counter},
+
+	// Store and fleet: exported only by a Manager with Options.Store; the
+	// fleet families only when that Store is a FleetStore.
+	{name: "jwks_cache_store_up", typ: gauge},
+	{name: "jwks_cache_store_errors_total", typ: counter, labels: map[string][]string{"op": storeOpValues}},
+	{name: "jwks_cache_store_refused_total", typ: counter, labels: map[string][]string{"reason": refusedReasonValues}},
+	{name: "jwks_cache_store_pending_writes", typ: gauge},
+	{name: "jwks_cache_store_restored_total", typ: counter},
+	{name: "jwks_cache_fleet_leases_total", typ: counter, labels: map[string][]string{"result": leaseResultValues}},
+	{name: "jwks_cache_fleet_commits_total", typ: counter},
+	{name: "jwks_cache_fleet_adopted_total", typ: counter},
 }

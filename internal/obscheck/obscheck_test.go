@@ -59,6 +59,8 @@ func TestAlertRules(t *testing.T) {
 	for _, want := range []string{
 		"JWKSCacheRefreshFailing", "JWKSCacheRefreshFailingRepeatedly", "JWKSCacheProviderStale",
 		"JWKSCacheProviderEmpty", "JWKSCacheUnknownKidStorm", "JWKSCacheEventsDropped", "JWKSCachePanic",
+		// Persistence and fleet (issue 9).
+		"JWKSCacheStoreDown", "JWKSCacheStoreRecordsRefused", "JWKSCacheStoreWritesBacklog",
 	} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("alert %s missing from %s (have %v)", want, alertsPath, alerts)
@@ -80,6 +82,10 @@ func TestDashboardCoversIssuePanels(t *testing.T) {
 		"jwks_cache_refreshes_total", "jwks_cache_expiry_seconds", "jwks_cache_fetch_errors_total",
 		"jwks_cache_since_last_success_seconds", "jwks_cache_lookup_wait_seconds_bucket",
 		"jwks_cache_events_dropped_total", "jwks_cache_panics_recovered_total", "jwks_cache_scheduler_queue_depth",
+		// Persistence and fleet (issue 9).
+		"jwks_cache_store_up", "jwks_cache_store_errors_total", "jwks_cache_store_refused_total",
+		"jwks_cache_store_pending_writes", "jwks_cache_store_restored_total",
+		"jwks_cache_fleet_leases_total", "jwks_cache_fleet_commits_total", "jwks_cache_fleet_adopted_total",
 	} {
 		if !strings.Contains(content, m+"{") && !strings.Contains(content, m+"[") && !strings.Contains(content, m+")") {
 			t.Errorf("no dashboard query reads %s", m)
@@ -166,6 +172,13 @@ func TestExprChecks(t *testing.T) {
 		{`jwks_cache_state{state="Stale"}`, `no value "Stale"`},
 		{`jwks_cache_panics_recovered_total{tenant="t"}`, `no label "tenant"`}, // global
 		{`sum by (instance) (jwks_cache_scheduler_busy_workers)`, ""},
+		{`jwks_cache_store_errors_total{op=~"lease|commit"}`, ""},
+		{`jwks_cache_store_errors_total{op="write"}`, `no value "write"`},
+		{`jwks_cache_store_refused_total{reason=~"mac|owner|checksum"}`, ""},
+		{`jwks_cache_store_refused_total{reason="forged"}`, `no value "forged"`},
+		{`jwks_cache_fleet_leases_total{result="held"}`, ""},
+		{`jwks_cache_fleet_leases_total{result="failed"}`, `no value "failed"`},
+		{`jwks_cache_store_up{tenant="t"}`, `no label "tenant"`}, // one store per Manager
 	} {
 		_, errs := idx.checkExpr(tc.expr)
 		switch {
