@@ -149,8 +149,8 @@ func (m *Manager) JWKS(ctx context.Context, tenant, providerID string) (*ServedJ
 
 // Revalidate makes one conditional fetch of the provider's keys now, for a
 // client that asked to revalidate (HTTP Cache-Control: no-cache, or a kid
-// the set lacks), and waits for it under ctx. It is shared with any fetch
-// in flight, and spends the provider's unknown-kid budget (see
+// the set lacks), and waits for it under ctx. Its answer comes from a
+// fetch begun after the call, shared with other callers; it spends the provider's unknown-kid budget (see
 // Registration.NegativeCacheTTL and Options.MaxUnknownKIDRefreshes): with
 // the budget spent it fetches nothing and returns an error matching
 // ErrRateLimited, and the caller answers from the cache.
@@ -168,11 +168,20 @@ func (m *Manager) Revalidate(ctx context.Context, tenant, providerID string) err
 	if why := p.allowKIDRefresh("\x00revalidate"); why != "" {
 		return p.opError("revalidate", fmt.Errorf("%w (%s)", ErrRateLimited, why))
 	}
-	if err := p.await(ctx, p.applied.Load(), reasonRevalidate); err != nil {
-		if p.removed.Load() {
-			return m.notRegistered(tenant, providerID)
+	// The answer must come from a fetch begun after this call: one in
+	// flight may predate the rotation the client met, so after joining
+	// it, join (or start) the next.
+	before := p.fetchSeq.Load()
+	for range maxSupersededTries {
+		if err := p.await(ctx, p.applied.Load(), reasonRevalidate); err != nil {
+			if p.removed.Load() {
+				return m.notRegistered(tenant, providerID)
+			}
+			return p.opError("revalidate", err)
 		}
-		return p.opError("revalidate", err)
+		if p.okSeq.Load() > before {
+			return nil
+		}
 	}
 	return nil
 }

@@ -130,16 +130,29 @@ type gateRT struct {
 	closed atomic.Bool
 	gate   chan struct{}
 	seen   atomic.Int32
+	// late: the IdP answers at once and the answer is held, so that a
+	// held fetch carries the IdP's state from before any later change.
+	late bool
 }
 
 func (g *gateRT) RoundTrip(r *http.Request) (*http.Response, error) {
 	g.seen.Add(1)
+	var (
+		resp *http.Response
+		err  error
+	)
+	if g.late {
+		resp, err = g.next.RoundTrip(r)
+	}
 	if g.closed.Load() {
 		select {
 		case <-g.gate:
 		case <-r.Context().Done():
 			return nil, r.Context().Err()
 		}
+	}
+	if g.late {
+		return resp, err
 	}
 	return g.next.RoundTrip(r)
 }
@@ -331,6 +344,38 @@ func TestRevalidate_ColdProviderSpendsNoBudget(t *testing.T) {
 			if err := m.Revalidate(t.Context(), mtTenant, mtProvider); err != nil {
 				t.Fatalf("revalidation %d after a cold one: %v", i+1, err)
 			}
+		}
+	})
+}
+
+// Revalidate answers from a fetch begun after the call: joining one that
+// was in flight before would miss the rotation the client met.
+func TestRevalidate_NeverAnswersFromAnEarlierFetch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		idp := testidp.New()
+		i6Serve(idp, mtPath, 3600, testidp.NewKey("ES256", "k1"))
+		g := &gateRT{next: idp.Client().Transport, gate: make(chan struct{}), late: true}
+		m, err := New(Options{HTTPClient: &http.Client{Transport: g}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = m.Close() })
+		mtLoad(t, m, mtTenant, mtProvider, mtURL)
+		g.closed.Store(true)
+		go func() { _ = m.Refresh(t.Context(), mtTenant, mtProvider) }()
+		synctest.Wait() // a fetch in flight, answered before the rotation
+		i6Serve(idp, mtPath, 3600, testidp.NewKey("ES256", "k2"))
+		done := make(chan error, 1)
+		go func() { done <- m.Revalidate(t.Context(), mtTenant, mtProvider) }()
+		synctest.Wait()
+		g.closed.Store(false)
+		close(g.gate)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		sj, _ := m.JWKS(t.Context(), mtTenant, mtProvider)
+		if !slices.Equal(sj.KIDs, []string{"k2"}) || g.seen.Load() != 3 {
+			t.Fatalf("after Revalidate: kids %v, %d requests; want k2 from a third request", sj.KIDs, g.seen.Load())
 		}
 	})
 }

@@ -224,9 +224,9 @@ func put(t *testing.T, d *daemon, token string, idp *jwkscachetest.IdP) {
 	}
 }
 
-// TestReadiness: not ready before the configured providers settled their
-// first load, ready after (also when the load failed), and not ready
-// while shutting down.
+// TestReadiness: ready only when every configured provider has usable
+// keys (not while one loads, nor while one has none because its IdP
+// fails), and not while shutting down.
 func TestReadiness(t *testing.T) {
 	idp, _ := startIdP(t)
 	idp.SetFault(jwkscachetest.JWKSPath, jwkscachetest.Fault{Delay: time.Minute, Count: 1})
@@ -268,8 +268,15 @@ func TestReadiness(t *testing.T) {
 	if err := d.m.Refresh(ctx, "acme", "slow"); err != nil {
 		t.Fatal(err)
 	}
+	if err := d.ready(); err == nil || !strings.Contains(err.Error(), "acme/down: no usable keys") {
+		t.Fatalf("ready with acme/down failing: %v", err)
+	}
+	// Removed at run time, acme/down no longer counts.
+	if err := d.m.Unregister(t.Context(), "acme", "down"); err != nil {
+		t.Fatal(err)
+	}
 	if err := d.ready(); err != nil {
-		t.Fatalf("not ready with acme/slow loaded and acme/down failed: %v", err)
+		t.Fatalf("not ready with every remaining configured provider loaded: %v", err)
 	}
 	if code, _, _ := call(t, http.MethodGet, "http://"+d.Addr()+"/readyz", "", nil, nil); code != http.StatusOK {
 		t.Fatalf("/readyz %d", code)

@@ -53,7 +53,6 @@ type daemon struct {
 	bg     sync.WaitGroup
 
 	restored atomic.Bool // Restore succeeded (or there is no store)
-	warm     atomic.Bool // every configured provider settled its first load
 	stopping atomic.Bool
 }
 
@@ -225,19 +224,22 @@ func (d *daemon) ready() error {
 		return errors.New("shutting down")
 	case !d.restored.Load():
 		return errors.New("restoring the registrations from the store")
-	case d.warm.Load():
-		return nil
 	}
+	// Ready when every configured provider has usable keys, from the
+	// network or the store: a service behind this daemon can verify every
+	// token it is configured for.
 	for _, p := range d.cfg.Providers {
 		st, err := d.m.Status(p.Reg.TenantID, p.Reg.ProviderID)
 		if err != nil {
 			continue // removed at run time
 		}
-		if len(st.Keys) == 0 && st.ErrorCount == 0 {
-			return fmt.Errorf("provider %s: first load in progress", p.name())
+		if len(st.Keys) == 0 {
+			if st.ErrorCount == 0 {
+				return fmt.Errorf("provider %s: first load in progress", p.name())
+			}
+			return fmt.Errorf("provider %s: no usable keys (%s)", p.name(), st.LastErrorClass)
 		}
 	}
-	d.warm.Store(true)
 	return nil
 }
 
