@@ -19,7 +19,8 @@ type memBackend struct {
 	subs   []chan memNote
 	token  int
 	calls  map[string]int
-	fail   error         // every call fails with it
+	fail   error         // every call fails with it (only failOp's, when set)
+	failOp string
 	hang   chan struct{} // every call blocks until it is closed or ctx is done
 	// hold makes TryLease succeed without the lease ever being committed
 	// or released by anyone (a holder that died).
@@ -54,6 +55,9 @@ func (b *memBackend) enter(ctx context.Context, op string) error {
 	b.mu.Lock()
 	b.calls[op]++
 	fail, hang := b.fail, b.hang
+	if b.failOp != "" && b.failOp != op {
+		fail = nil
+	}
 	b.mu.Unlock()
 	if hang != nil {
 		select {

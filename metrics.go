@@ -123,7 +123,7 @@ var (
 		"Failed Store calls by operation.",
 		[]string{"op"}, nil)
 	descStoreRefused = prometheus.NewDesc(metricStoreRefused,
-		"Stored records refused on reading, by reason (checksum, mac, owner, size, format, content, expired); never served.",
+		"Stored records refused on reading, by reason (checksum, mac, owner, superseded, size, format, content, expired); never served.",
 		[]string{"reason"}, nil)
 	descStorePending = prometheus.NewDesc(metricStorePending,
 		"Providers with writes waiting for the Store (registrations, deletions, snapshots), coalesced per provider.",

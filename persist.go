@@ -92,7 +92,7 @@ const (
 
 var storeOpNames = [numStoreOps]string{"load", "save", "delete", "load_registrations", "lease", "commit", "subscribe"}
 
-var refusedReasons = [...]string{refusedFormat, refusedSize, refusedSum, refusedMAC, refusedOwner, refusedContent, refusedExpired}
+var refusedReasons = [...]string{refusedFormat, refusedSize, refusedSum, refusedMAC, refusedOwner, refusedSuperseded, refusedContent, refusedExpired}
 
 const numRefusedReasons = len(refusedReasons)
 
@@ -252,6 +252,10 @@ func (ps *persister) failed(op storeOp, key providerKey, err error) *StoreError 
 	}
 	ps.mu.Unlock()
 	if opened {
+		select {
+		case ps.kick <- struct{}{}: // the writer probes the store from now on
+		default:
+		}
 		ps.m.logf(nil, slog.LevelWarn, "jwkscache: store unavailable; serving from memory and retrying in the background",
 			slog.String("op", se.Op), slog.String("error", msg))
 	}
@@ -409,11 +413,37 @@ func (ps *persister) writer(ctx context.Context) {
 		}
 		if ps.drain(ctx) {
 			backoff = 0
+			// Nothing to write, and the breaker open (a read failed):
+			// probe the store once the breaker's backoff has passed, so
+			// that it closes (and store_up says so) without waiting for
+			// the next refresh to try.
+			if until := ps.downUntil.Load(); until != 0 && retry == nil {
+				if d := time.Until(time.Unix(0, until)); d > 0 {
+					retry = time.NewTimer(d)
+				} else {
+					ps.probe(ctx)
+					if ps.downUntil.Load() != 0 {
+						retry = time.NewTimer(breakerMin)
+					}
+				}
+			}
 			continue
 		}
 		backoff = min(max(2*backoff, writeRetryMin), writeRetryMax)
 		retry = time.NewTimer(backoff)
 	}
+}
+
+// probe asks the store for a record no pair has (empty IDs), to learn
+// whether it answers.
+func (ps *persister) probe(parent context.Context) {
+	ctx, cancel := context.WithTimeout(parent, ps.timeout)
+	defer cancel()
+	if _, err := ps.store.LoadSnapshot(ctx, "", ""); err != nil && !errors.Is(err, ErrStoreNotFound) {
+		ps.failed(opLoad, providerKey{}, err)
+		return
+	}
+	ps.ok(providerKey{})
 }
 
 // drain writes every pending pair; false when a write failed (the pair is
@@ -656,8 +686,9 @@ func (ps *persister) release(l Lease) {
 	}
 }
 
-// waitNote waits until another instance commits p's snapshot, at most d.
-func (ps *persister) waitNote(key providerKey, d time.Duration) {
+// waitNote waits until another instance commits p's snapshot, at most d,
+// and reports whether a commit's note woke it.
+func (ps *persister) waitNote(key providerKey, d time.Duration) bool {
 	ch := make(chan struct{})
 	ps.mu.Lock()
 	ps.waiters[key] = append(ps.waiters[key], ch)
@@ -666,7 +697,7 @@ func (ps *persister) waitNote(key providerKey, d time.Duration) {
 	defer t.Stop()
 	select {
 	case <-ch:
-		return // removed by the notifier
+		return true // removed by the notifier
 	case <-t.C:
 	case <-ps.m.ctx.Done():
 	}
@@ -684,6 +715,7 @@ func (ps *persister) waitNote(key providerKey, d time.Duration) {
 	} else {
 		ps.waiters[key] = ws
 	}
+	return false
 }
 
 // Subscribe retry backoff.

@@ -47,12 +47,16 @@ func maxSnapshotRecord(reg *Registration) int64 {
 // Record refusal reasons: ProviderStatus.StoreRefused counts them, and the
 // metric jwks_cache_store_refused_total labels them.
 const (
-	refusedFormat  = "format" // not a record, or a version this build does not read
-	refusedSize    = "size"   // over the bounds
-	refusedSum     = "checksum"
-	refusedMAC     = "mac"     // MAC missing, or not made with any of Options.StoreKeys
-	refusedOwner   = "owner"   // another tenant's, provider's or URL's record
-	refusedContent = "content" // the keys no longer parse, or none is usable
+	refusedFormat = "format" // not a record, or a version this build does not read
+	refusedSize   = "size"   // over the bounds
+	refusedSum    = "checksum"
+	refusedMAC    = "mac"   // MAC missing, or not made with any of Options.StoreKeys
+	refusedOwner  = "owner" // another tenant's or provider's record
+	// refusedSuperseded is the pair's own record, authenticated, written
+	// under another source (URL, issuer): the registration changed since,
+	// a rolling change across a fleet, not tampering.
+	refusedSuperseded = "superseded"
+	refusedContent    = "content" // the keys no longer parse, or none is usable
 )
 
 // recordError is a record refused on reading.
@@ -215,18 +219,25 @@ func decodeSnapshot(key providerKey, reg *Registration, pol urlPolicy, b []byte,
 	if rec.TenantID != key.tenant || rec.ProviderID != key.provider {
 		return nil, &recordError{refusedOwner, fmt.Sprintf("the record of %s/%s", showID(rec.TenantID), showID(rec.ProviderID))}
 	}
+	// The pair's own record for another source: with a MAC it was written
+	// by an instance holding the key (the registration changed since);
+	// without one, nothing tells that from a planted record.
+	other := refusedOwner
+	if len(keys) > 0 {
+		other = refusedSuperseded
+	}
 	switch {
 	case reg.usesDiscovery():
 		// The URL was discovered: it must have come from this issuer's
 		// discovery, and still pass the registration's URL policy.
 		if !rec.Discovered || rec.Issuer != reg.Issuer {
-			return nil, &recordError{refusedOwner, "keys discovered for another issuer"}
+			return nil, &recordError{other, "keys discovered for another issuer"}
 		}
 		if fe := pol.checkURL("jwksUrl", rec.URL); fe != nil {
 			return nil, &recordError{refusedOwner, "discovered URL refused: " + capText(fe[0].Message)}
 		}
 	case rec.Discovered || rec.URL != reg.JWKSURL:
-		return nil, &recordError{refusedOwner, "keys of " + showURL(rec.URL)}
+		return nil, &recordError{other, "keys of " + showURL(rec.URL)}
 	}
 	if int64(len(rec.Body)) > reg.MaxResponseBytes {
 		return nil, &recordError{refusedSize, fmt.Sprintf("a JWKS of %d bytes, over the registration's MaxResponseBytes", len(rec.Body))}

@@ -54,19 +54,34 @@ func (p *provider) storeStep(o *outcome) (done bool, err error) {
 		return false, nil
 	}
 	// Another instance is fetching: wait for its commit, then adopt it.
-	// Its note wakes us; since notes can be lost (a subscription being
-	// re-established), the store is also read now and then.
+	// Its note wakes us, and we read the store. Without a note (notes can
+	// be lost while a subscription is re-established, and a holder whose
+	// fetch failed releases the lease without one) we ask for the lease
+	// again now and then: it comes with the snapshot, and if the holder
+	// gave up, we fetch in its place.
 	deadline := start.Add(leaseTTL(o.reg))
 	for wait := fleetPollMin; ; wait = min(2*wait, fleetPollMax) {
 		d := min(wait, time.Until(deadline))
 		if d <= 0 || p.m.ctx.Err() != nil {
-			return false, nil // the holder failed or died: fetch for ourselves
+			return false, nil // the holder died: fetch for ourselves
 		}
-		ps.waitNote(p.key, d)
-		if r := ps.load(p, o.reg, time.Now()); r != nil {
+		var r *restoredSnapshot
+		if ps.waitNote(p.key, d) {
+			r = ps.load(p, o.reg, time.Now())
+		} else if l, r, err = ps.tryLease(p, o.reg); err != nil {
+			return false, nil
+		}
+		if r != nil {
 			if done, err := p.adoptFor(o, r, sourceFleet, start); done || err != nil {
+				if l != nil {
+					ps.release(l)
+				}
 				return true, err
 			}
+		}
+		if l != nil {
+			o.lease = l // the holder gave up: fetch in its place
+			return false, nil
 		}
 	}
 }
@@ -270,7 +285,9 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 		if m.providers.get(reg.TenantID, reg.ProviderID) != nil {
 			continue // registered already: the caller's registration wins
 		}
-		if err := m.register(ctx, reg, false, ""); err != nil {
+		// With several StoreKeys (a rotation), write the record again with
+		// the first, so that the old key can be dropped.
+		if err := m.register(ctx, reg, len(ps.keys) > 1, ""); err != nil {
 			if errors.Is(err, ErrClosed) {
 				return n, err
 			}

@@ -4,7 +4,7 @@ package jwkscache
 // store of memstore_test.go inside synctest bubbles: restarts, forged
 // records, store outages and fleets of Managers run in virtual time. The
 // same behaviour against real bbolt and Redis is tested in
-// store_real_test.go.
+// fleet_redis_test.go.
 
 import (
 	"bytes"
@@ -170,7 +170,7 @@ func TestStore_ForgedRecordsRefused(t *testing.T) {
 		{"another tenant's", refusedOwner, func() []byte {
 			return encodeSnapshot(providerKey{"other", mtProvider}, snap(mtURL), false, macKeys{key})
 		}},
-		{"another URL's", refusedOwner, func() []byte {
+		{"another URL's", refusedSuperseded, func() []byte {
 			return encodeSnapshot(reg.key(), snap("https://evil.test/jwks"), false, macKeys{key})
 		}},
 		{"oversize", refusedSize, func() []byte { return bytes.Repeat([]byte("x"), int(maxSnapshotRecord(&reg))+1) }},
@@ -548,7 +548,7 @@ func TestStore_Metrics(t *testing.T) {
 		mtMustKey(t, m, "t", "p0", keys[0])
 		synctest.Wait()
 		want := `
-# HELP jwks_cache_store_refused_total Stored records refused on reading, by reason (checksum, mac, owner, size, format, content, expired); never served.
+# HELP jwks_cache_store_refused_total Stored records refused on reading, by reason (checksum, mac, owner, superseded, size, format, content, expired); never served.
 # TYPE jwks_cache_store_refused_total counter
 jwks_cache_store_refused_total{reason="checksum"} 0
 jwks_cache_store_refused_total{reason="content"} 0
@@ -557,6 +557,7 @@ jwks_cache_store_refused_total{reason="format"} 1
 jwks_cache_store_refused_total{reason="mac"} 0
 jwks_cache_store_refused_total{reason="owner"} 0
 jwks_cache_store_refused_total{reason="size"} 0
+jwks_cache_store_refused_total{reason="superseded"} 0
 # HELP jwks_cache_fleet_leases_total Fleet refresh leases asked for, by result: acquired (this instance fetches), held (another does), error (fetched without one).
 # TYPE jwks_cache_fleet_leases_total counter
 jwks_cache_fleet_leases_total{result="acquired"} 1
@@ -607,4 +608,34 @@ func collectorGauge(t *testing.T, reg *prometheus.Registry, name string) prometh
 	}
 	t.Fatalf("no single series of %s", name)
 	return nil
+}
+
+// A failed read opens the breaker with nothing to write: the writer
+// probes the store until it answers, so the breaker closes (and
+// jwks_cache_store_up says so) without waiting for a refresh.
+func TestStore_BreakerProbesWithoutPendingWrites(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		idp := testidp.New()
+		i6Serve(idp, mtPath, 3600, testidp.NewKey("ES256", "k1"))
+		b := newMemBackend()
+		m := stManager(t, idp, memStore{b}.plain(), Options{})
+		mtLoad(t, m, mtTenant, mtProvider, mtURL)
+		synctest.Wait() // every write done
+		b.setFail(errMemDown)
+		if _, err := m.Restore(t.Context()); err == nil {
+			t.Fatal("Restore with the store down succeeded")
+		}
+		if m.persist.downUntil.Load() == 0 || m.persist.pending.Load() != 0 {
+			t.Fatal("want the breaker open and nothing to write")
+		}
+		loads := b.count("load")
+		b.setFail(nil)
+		i6Step(time.Minute)
+		if m.persist.downUntil.Load() != 0 {
+			t.Fatal("the breaker is still open a minute after the store answers again")
+		}
+		if b.count("load") == loads {
+			t.Fatal("the writer never probed")
+		}
+	})
 }

@@ -34,7 +34,7 @@ var (
 	// every Store; lease, commit and subscribe for a FleetStore), reasons a
 	// stored record is refused, and fleet lease outcomes.
 	storeOpValues       = []string{"load", "save", "delete", "load_registrations", "lease", "commit", "subscribe"}
-	refusedReasonValues = []string{"format", "size", "checksum", "mac", "owner", "content", "expired"}
+	refusedReasonValues = []string{"format", "size", "checksum", "mac", "owner", "superseded", "content", "expired"}
 	leaseResultValues   = []string{"acquired", "held", "error"}
 )
 
