@@ -19,7 +19,7 @@ type memBackend struct {
 	subs   []chan memNote
 	token  int
 	calls  map[string]int
-	fail   error         // every call fails with it (only failOp's, when set)
+	fail   error // every call fails with it (only failOp's, when set)
 	failOp string
 	hang   chan struct{} // every call blocks until it is closed or ctx is done
 	// hold makes TryLease succeed without the lease ever being committed
