@@ -267,20 +267,28 @@ func TestNode(t *testing.T) {
 	d := startDaemon(t)
 
 	for _, tc := range []struct {
-		script string
+		name, script string
+		env          []string
 		// Cache-Control of the client's requests: for token1, then for
 		// token2 after the rotation.
 		before, after []string
 	}{
 		// jose's first fetch is routine: no header, the daemon answers
-		// from memory.
-		{script: "jose.mjs", before: []string{""}, after: []string{"no-cache"}},
+		// from memory. Its refetch for the new kid has the header.
+		{name: "jose", script: "jose.mjs", before: []string{""}, after: []string{"no-cache"}},
+		// token2 comes after cacheMaxAge (60 s, faked): jose reloads the
+		// set (no header: from memory, still the old set), then refetches
+		// for the new kid at once (cooldownDuration 0).
+		{
+			name: "jose-after-cacheMaxAge", script: "jose.mjs", env: []string{"JOSE_ADVANCE_MS=61000"},
+			before: []string{""}, after: []string{"", "no-cache"},
+		},
 		// jwks-rsa sends the header on every fetch; each of its fetches is
 		// for a kid it has not cached.
-		{script: "jwks-rsa.mjs", before: []string{"no-cache"}, after: []string{"no-cache"}},
+		{name: "jwks-rsa", script: "jwks-rsa.mjs", before: []string{"no-cache"}, after: []string{"no-cache"}},
 	} {
-		t.Run(tc.script, func(t *testing.T) {
-			idp, jwksURL := d.provider(t, strings.TrimSuffix(tc.script, ".mjs"))
+		t.Run(tc.name, func(t *testing.T) {
+			idp, jwksURL := d.provider(t, tc.name)
 			idpRequests := func() int { return idp.Requests(jwkscachetest.JWKSPath) }
 			token1 := idp.Token(idp.Claims("alice", audience)) // kid k1
 			k2 := jwkscachetest.NewKey("ES256", "k2")          // not published yet
@@ -291,6 +299,7 @@ func TestNode(t *testing.T) {
 			cmd := exec.CommandContext(ctx, "node", tc.script, jwksURL, token1, token2)
 			cmd.Dir = "node"
 			cmd.Env = append(os.Environ(), "JWT_ISSUER="+idp.Issuer(), "JWT_AUDIENCE="+audience)
+			cmd.Env = append(cmd.Env, tc.env...)
 			var stderr bytes.Buffer
 			cmd.Stderr = &stderr
 			stdin, err := cmd.StdinPipe()

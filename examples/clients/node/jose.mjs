@@ -4,9 +4,9 @@ import { createRemoteJWKSet, customFetch, jwtVerify } from 'jose'
 // the daemon at jwksURL: http://jwks-cache:8080/tenants/acme/providers/main/jwks, say.
 export function daemonKeys(jwksURL) {
   const keys = createRemoteJWKSet(new URL(jwksURL), {
-    cacheMaxAge: 60_000,     // reloads come from the daemon's memory: cheap
-    cooldownDuration: 1_000, // the daemon rations the IdP: keep this short
-    timeoutDuration: 5_000,  // the daemon waits at most 2 s for the IdP
+    cacheMaxAge: 60_000,    // reloads come from the daemon's memory: cheap
+    cooldownDuration: 0,    // a reload came from memory: refetch at once
+    timeoutDuration: 5_000, // the daemon waits at most 2 s for the IdP
     [customFetch]: (url, init) => {
       // jose refetches a set that is still fresh only when no key matched
       // a token's kid: then the daemon must ask the IdP before answering.
@@ -39,7 +39,9 @@ export async function verify(keys, token, { issuer, audience }) {
 //
 // It verifies TOKEN1, prints "verified token1 ...", then waits for a line on
 // standard input (the test publishes TOKEN2's key at the IdP meanwhile), and
-// verifies TOKEN2.
+// verifies TOKEN2. With JOSE_ADVANCE_MS, jose's clock jumps that far ahead
+// before TOKEN2, as if it came later: past cacheMaxAge, jose first reloads
+// the set, which the daemon answers from memory, then refetches for the kid.
 import { createInterface } from 'node:readline'
 
 const [jwksURL, token1, token2] = process.argv.slice(2)
@@ -53,9 +55,10 @@ const input = createInterface({ input: process.stdin })
 for await (const _ of input) break
 input.close()
 
-// jose refetches for an unknown kid only once cooldownDuration has passed
-// since its last fetch, whatever its cause: a token with a new kid met
-// sooner is refused.
-while (keys.coolingDown) await new Promise((resolve) => setTimeout(resolve, 50))
+const advance = Number(process.env.JOSE_ADVANCE_MS ?? 0)
+if (advance > 0) {
+  const now = Date.now
+  Date.now = () => now() + advance
+}
 const v2 = await verify(keys, token2, claims)
 console.log(`verified token2 kid=${v2.kid} sub=${v2.sub}`)
