@@ -215,6 +215,15 @@ func (m *Manager) Register(ctx context.Context, reg Registration) error {
 	return m.register(ctx, reg, true, "")
 }
 
+// RegisterUnsaved is Register without saving the registration in the Store
+// (its snapshots still are): for registrations the caller applies again at
+// every start, from a configuration file, so that one removed from the
+// file does not come back from the Store with Restore. Without a Store it
+// is Register.
+func (m *Manager) RegisterUnsaved(ctx context.Context, reg Registration) error {
+	return m.register(ctx, reg, false, "")
+}
+
 // RegisterIfVersion is Register for an update that must not overwrite a
 // change made since the caller read the registration: it applies reg only
 // if the provider is registered and its RegistrationVersion (see

@@ -639,3 +639,27 @@ func TestStore_BreakerProbesWithoutPendingWrites(t *testing.T) {
 		}
 	})
 }
+
+// RegisterUnsaved keeps the registration out of the store (its snapshots
+// are saved): Restore does not bring it back.
+func TestStore_RegisterUnsaved(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		idp := testidp.New()
+		k1 := testidp.NewKey("ES256", "k1")
+		i6Serve(idp, mtPath, 3600, k1)
+		b := newMemBackend()
+		m := stManager(t, idp, memStore{b}.plain(), Options{})
+		if err := m.RegisterUnsaved(t.Context(), Registration{TenantID: mtTenant, ProviderID: mtProvider, JWKSURL: mtURL}); err != nil {
+			t.Fatal(err)
+		}
+		mtMustKey(t, m, mtTenant, mtProvider, k1)
+		synctest.Wait()
+		if len(b.regs) != 0 || b.snapshot(mtTenant, mtProvider) == nil {
+			t.Fatalf("%d registrations saved, snapshot saved %v; want none and yes", len(b.regs), b.snapshot(mtTenant, mtProvider) != nil)
+		}
+		m2 := stManager(t, idp, memStore{b}.plain(), Options{})
+		if n, err := m2.Restore(t.Context()); n != 0 || err != nil {
+			t.Fatalf("Restore = %d, %v; want nothing", n, err)
+		}
+	})
+}

@@ -38,20 +38,24 @@ func (h *Handler) serveJWKS(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	revalidate := false
+	// wait bounds every wait of a revalidating request together: the
+	// revalidation, a cold load, a kid's refresh.
+	wait := r.Context()
 	if cc := r.Header["Cache-Control"]; len(cc) > 0 && wantsRevalidation(cc) {
 		revalidate = true
+		var cancel context.CancelFunc
+		wait, cancel = context.WithTimeout(r.Context(), h.revalidateWait)
+		defer cancel()
 		// One shared conditional fetch, within the provider's unknown-kid
 		// budget. Rate limited, failed or too slow: answer from memory
 		// (the Age header shows how old it is).
-		ctx, cancel := context.WithTimeout(r.Context(), h.revalidateWait)
-		err := h.m.Revalidate(ctx, tenant, provider)
-		cancel()
+		err := h.m.Revalidate(wait, tenant, provider)
 		if errors.Is(err, jwkscache.ErrNotRegistered) {
 			h.notFound(w, r, tenant, provider)
 			return
 		}
 	}
-	sj, err := h.served(r.Context(), tenant, provider)
+	sj, err := h.served(wait, tenant, provider)
 	if err != nil {
 		h.jwksError(w, r, tenant, provider, err)
 		return

@@ -281,6 +281,22 @@ func TestReadiness(t *testing.T) {
 	if code, _, _ := call(t, http.MethodGet, "http://"+d.Addr()+"/readyz", "", nil, nil); code != http.StatusOK {
 		t.Fatalf("/readyz %d", code)
 	}
+	// Every key of a configured provider denied: no usable key, not ready.
+	st, _ := d.m.Status("acme", "slow")
+	for _, k := range st.Keys {
+		if err := d.m.DenyKey("acme", "slow", k.KID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.ready(); err == nil || !strings.Contains(err.Error(), "acme/slow: no usable keys") {
+		t.Fatalf("ready with every key of acme/slow denied: %v", err)
+	}
+	for _, k := range st.Keys {
+		_ = d.m.AllowKey("acme", "slow", k.KID)
+	}
+	if err := d.ready(); err != nil {
+		t.Fatalf("not ready once the keys are allowed again: %v", err)
+	}
 	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer scancel()
 	if err := d.shutdown(sctx); err != nil {

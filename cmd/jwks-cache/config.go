@@ -1070,8 +1070,9 @@ func checkRedisURL(s string) error {
 		return fmt.Errorf("%q: must be a redis:// or rediss:// URL", redactURL(s))
 	}
 	if _, err := redis.ParseURL(s); err != nil {
-		// go-redis quotes parts of the URL: say only that it is bad.
-		return fmt.Errorf("%q: not a valid Redis URL: %s", redactURL(s), redactText(err.Error(), s))
+		// The parser's error quotes the URL, password included when it
+		// holds a reserved character: say only that it is bad.
+		return fmt.Errorf("%q: not a valid Redis URL (percent-encode reserved characters such as / ? # @ in the password)", redactURL(s))
 	}
 	return nil
 }
@@ -1093,9 +1094,8 @@ func redactText(text, rawURL string) string {
 	if !ok {
 		return text
 	}
-	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
-		rest = rest[:i]
-	}
+	// The userinfo runs to the last '@' of the whole string: a password
+	// may hold '/', '?' or '#' where a parser would end the authority.
 	if at := strings.LastIndexByte(rest, '@'); at > 0 {
 		userinfo := rest[:at]
 		text = strings.ReplaceAll(text, userinfo, "xxxxx")

@@ -295,6 +295,11 @@ func TestConfigSecretsNotShown(t *testing.T) {
 		{"tenantTokens: {acme: ['s3cret']}\n", "s3cret", nil},
 		{"store: {redis: 'redis://u:s3cretpw@h/notadb'}\n", "s3cretpw", nil},
 		{"", "s3cretpw", []string{envStore, "redis://u:s3cretpw@h:x"}},
+		// Reserved characters in the password end a URL parser's authority
+		// early; the error must still not quote it.
+		{"store: {redis: 'redis://user:s3cr/etpw@redis.internal:6379/0'}\n", "s3cr", nil},
+		{"store: {redis: 'redis://user:s3cr?etpw@h:6379'}\n", "s3cr", nil},
+		{"", "s3cr", []string{envStore, "redis://user:s3cr#etpw@h:6379"}},
 		{"", "s3cret", []string{envStoreKey, "s3cret"}},
 		{"", "s3cret", []string{envAdminToken, "s3cret"}},
 	} {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -120,8 +121,10 @@ func startDaemon(ctx context.Context, cfg *config, log *slog.Logger, hooks daemo
 		go d.restoreLoop()
 	}
 
+	// Configured providers are not saved in the store: the file is their
+	// source, so one removed from it does not come back from the store.
 	for _, p := range cfg.Providers {
-		if err := d.m.Register(ctx, p.Reg); err != nil {
+		if err := d.m.RegisterUnsaved(ctx, p.Reg); err != nil {
 			return nil, fmt.Errorf("%s: %s (provider %s): %w", p.Pos, p.Path, p.name(), err)
 		}
 	}
@@ -212,12 +215,11 @@ func (d *daemon) restoreLoop() {
 }
 
 // ready is the control plane's readiness: not while restoring or shutting
-// down, and not before every configured provider has settled its first
-// load: it has keys (from the IdP or the store), or its first fetch has
-// failed. An unreachable IdP does not hold readiness back (the provider
-// shows the failure in its status and metrics), so one tenant's outage
-// cannot take the whole daemon out of a load balancer. Once settled, it
-// stays so: readiness is a start-up gate, not a health check of the IdPs.
+// down, and not while a configured provider has no usable key (none
+// loaded yet, every key denied, or keys past their stale window). A
+// provider with keys keeps them through an IdP outage (stale-while-error),
+// so an outage alone does not take the daemon out of a load balancer;
+// providers registered at run time do not count.
 func (d *daemon) ready() error {
 	switch {
 	case d.stopping.Load():
@@ -233,14 +235,28 @@ func (d *daemon) ready() error {
 		if err != nil {
 			continue // removed at run time
 		}
-		if len(st.Keys) == 0 {
-			if st.ErrorCount == 0 {
+		if !hasUsableKeys(st, time.Now()) {
+			if st.ErrorCount == 0 && len(st.Keys) == 0 {
 				return fmt.Errorf("provider %s: first load in progress", p.name())
 			}
 			return fmt.Errorf("provider %s: no usable keys (%s)", p.name(), st.LastErrorClass)
 		}
 	}
 	return nil
+}
+
+// hasUsableKeys reports whether st's provider serves a key: one not
+// denied, from keys within their stale window.
+func hasUsableKeys(st jwkscache.ProviderStatus, now time.Time) bool {
+	if !st.StaleUntil.IsZero() && !now.Before(st.StaleUntil) {
+		return false
+	}
+	for _, k := range st.Keys {
+		if !slices.Contains(st.DeniedKIDs, k.KID) {
+			return true
+		}
+	}
+	return false
 }
 
 // shutdown stops accepting connections, lets the requests in flight
@@ -306,7 +322,8 @@ func openStore(sc storeConfig) (jwkscache.Store, func() error, error) {
 	case storeRedis:
 		o, err := redis.ParseURL(sc.URL)
 		if err != nil {
-			return nil, nil, errors.New(redactText(err.Error(), sc.URL))
+			// Never the parser's text: it quotes the URL, password included.
+			return nil, nil, fmt.Errorf("%s: not a valid Redis URL (percent-encode reserved characters in the password)", redactURL(sc.URL))
 		}
 		// The Manager bounds each store call by its context.
 		o.ContextTimeoutEnabled = true
