@@ -237,6 +237,12 @@ func (m *Manager) RegisterIfVersion(ctx context.Context, reg Registration, versi
 	return m.register(ctx, reg, true, version)
 }
 
+// ifAbsent, as register's ifVersion, registers only a pair not registered
+// (Restore: a registration made meanwhile wins); errRegistered says it was.
+const ifAbsent = "\x00absent"
+
+var errRegistered = errors.New("jwkscache: registered already")
+
 // registrationVersion is the RegistrationVersion of r (defaults applied).
 func registrationVersion(r *Registration) string {
 	b, err := json.Marshal(r)
@@ -274,7 +280,11 @@ func (m *Manager) register(ctx context.Context, reg Registration, save bool, ifV
 			Message: fmt.Sprintf("provider %q of tenant %q already has this issuer", other.key.provider, r.TenantID),
 		}}}
 	}
-	if ifVersion != "" {
+	if ifVersion == ifAbsent {
+		if m.providers.get(r.TenantID, r.ProviderID) != nil {
+			return errRegistered
+		}
+	} else if ifVersion != "" {
 		p := m.providers.get(r.TenantID, r.ProviderID)
 		if p == nil {
 			return m.notRegistered(r.TenantID, r.ProviderID)

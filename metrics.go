@@ -514,7 +514,7 @@ func (ps *persister) collect(ch chan<- prometheus.Metric) {
 		up = 0
 	}
 	ch <- prometheus.MustNewConstMetric(descStoreUp, prometheus.GaugeValue, up)
-	for i, name := range storeOpNames {
+	for i, name := range storeOpNames[:numStoreOps] {
 		if i >= int(opLease) && ps.fleet == nil {
 			break // lease, commit, subscribe: fleet stores only
 		}

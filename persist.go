@@ -90,7 +90,7 @@ const (
 	numStoreOps
 )
 
-var storeOpNames = [numStoreOps]string{"load", "save", "delete", "load_registrations", "lease", "commit", "subscribe"}
+var storeOpNames = [numStoreOps + 1]string{"load", "save", "delete", "load_registrations", "lease", "commit", "subscribe", "write"}
 
 var refusedReasons = [...]string{refusedFormat, refusedSize, refusedSum, refusedMAC, refusedOwner, refusedSuperseded, refusedContent, refusedExpired}
 
@@ -207,12 +207,14 @@ func (ps *persister) call(op storeOp, key providerKey, fn func(ctx context.Conte
 	}
 	span := ps.m.fetcher.tr.startStoreSpan(ps.m.ctx, storeOpNames[op], key)
 	defer func() { span.end(err) }()
+	// The call's deadline runs from now, not from when a store goroutine
+	// takes it up, and ends when the caller stops waiting: a job that
+	// starts late finds its context done (a lease taken for a caller that
+	// gave up would hold the pair for nobody).
+	ctx, cancel := context.WithTimeout(ps.ctx, ps.timeout)
+	defer cancel()
 	done := make(chan error, 1)
-	job := func() {
-		ctx, cancel := context.WithTimeout(ps.ctx, ps.timeout)
-		defer cancel()
-		done <- fn(ctx)
-	}
+	job := func() { done <- ps.safe(func() error { return fn(ctx) }) }
 	select {
 	case ps.jobs <- job:
 	default:
@@ -234,18 +236,37 @@ func (ps *persister) call(op storeOp, key providerKey, fn func(ctx context.Conte
 	}
 }
 
+// safe runs store code, turning a panic into an error: a Store's bug must
+// not take the process down.
+func (ps *persister) safe(fn func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			ps.m.panics.Add(1)
+			err = fmt.Errorf("jwkscache: the Store panicked: %s", capText(fmt.Sprint(r)))
+		}
+	}()
+	return fn()
+}
+
 // failed records a failed call and returns its error.
 func (ps *persister) failed(op storeOp, key providerKey, err error) *StoreError {
+	return ps.fail(op, key, err, true)
+}
+
+// fail records a failed call; trip says whether it opens the breaker.
+func (ps *persister) fail(op storeOp, key providerKey, err error, trip bool) *StoreError {
 	se := &StoreError{Op: storeOpNames[op], TenantID: key.tenant, ProviderID: key.provider, Err: err}
-	ps.opErrors[op].Add(1)
+	if op != numStoreOps {
+		ps.opErrors[op].Add(1)
+	}
 	msg := se.Error()
 	opened := false
 	ps.mu.Lock()
 	ps.lastErr = msg
-	if key != (providerKey{}) {
+	if key != (providerKey{}) && ps.m.providers.get(key.tenant, key.provider) != nil {
 		ps.pairLocked(key).lastErr = msg
 	}
-	if !errors.Is(err, errStoreBusy) && !errors.Is(err, ErrClosed) && ps.m.ctx.Err() == nil {
+	if trip && !errors.Is(err, errStoreBusy) && !errors.Is(err, ErrClosed) && ps.m.ctx.Err() == nil {
 		opened = ps.downUntil.Load() == 0
 		ps.downFor = min(max(2*ps.downFor, breakerMin), breakerMax)
 		ps.downUntil.Store(time.Now().Add(ps.downFor).UnixNano())
@@ -448,18 +469,41 @@ func (ps *persister) probe(parent context.Context) {
 
 // drain writes every pending pair; false when a write failed (the pair is
 // pending again, merged under anything queued since).
+// A pair whose writes fail goes to the back of the line and the others go
+// on: one pair the store refuses (a record over its size limit, say) must
+// not hold up every other tenant's writes. The breaker opens only when no
+// write of the pass succeeded (the store itself is down).
 func (ps *persister) drain(ctx context.Context) bool {
+	var (
+		failed    []providerKey
+		failedW   []*pendingWrite
+		succeeded bool
+		lastErr   error
+	)
+	defer func() {
+		for i, key := range failed {
+			ps.requeue(key, failedW[i])
+		}
+	}()
 	for ctx.Err() == nil {
 		key, w, ok := ps.next()
 		if !ok {
-			return true
+			break
 		}
 		if err := ps.perform(ctx, key, w, ps.timeout); err != nil {
-			ps.requeue(key, w)
-			return false
+			failed, failedW, lastErr = append(failed, key), append(failedW, w), err
+			continue
 		}
+		succeeded = true
 	}
-	return true
+	if lastErr != nil && !succeeded {
+		var se *StoreError
+		if errors.As(lastErr, &se) {
+			lastErr = se.Err
+		}
+		ps.fail(numStoreOps, providerKey{}, lastErr, true) // counted already
+	}
+	return len(failed) == 0
 }
 
 // flush makes one pass over the pending writes at Close, within d.
@@ -513,7 +557,7 @@ func (ps *persister) requeue(key providerKey, w *pendingWrite) {
 		ps.pending.Add(1)
 	}
 	ps.dirty[key] = w
-	ps.queue = append([]providerKey{key}, ps.queue...)
+	ps.queue = append(ps.queue, key)
 }
 
 // perform runs one pair's writes on the writer goroutine (a store
@@ -522,8 +566,8 @@ func (ps *persister) perform(parent context.Context, key providerKey, w *pending
 	step := func(op storeOp, fn func(ctx context.Context) error) error {
 		ctx, cancel := context.WithTimeout(parent, d)
 		defer cancel()
-		if err := fn(ctx); err != nil {
-			return ps.failed(op, key, err)
+		if err := ps.safe(func() error { return fn(ctx) }); err != nil {
+			return ps.fail(op, key, err, false) // drain judges the store
 		}
 		ps.ok(key)
 		return nil
@@ -673,17 +717,11 @@ func (ps *persister) commit(p *provider, l Lease, s *snapshot) {
 	ps.committed.Add(1)
 }
 
-// release gives a lease up on a store goroutine.
+// release gives a lease up, waiting for it (bounded as every call), so
+// that this instance's next refresh of the pair never finds its own lease
+// still held. A lease not released lapses by itself.
 func (ps *persister) release(l Lease) {
-	job := func() {
-		ctx, cancel := context.WithTimeout(ps.ctx, ps.timeout)
-		defer cancel()
-		_ = l.Release(ctx) // a lease not released lapses by itself
-	}
-	select {
-	case ps.jobs <- job:
-	default:
-	}
+	_ = ps.call(opLease, providerKey{}, func(ctx context.Context) error { return l.Release(ctx) })
 }
 
 // waitNote waits until another instance commits p's snapshot, at most d,

@@ -105,15 +105,29 @@ func (p *provider) adoptFor(o *outcome, r *restoredSnapshot, src snapshotSource,
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		if p.removed.Load() {
+			p.inflight = false
 			err = ErrNotRegistered
 			return
 		}
 		if p.gen != o.gen {
+			p.inflight = false
 			err = errSuperseded // r was checked against the old registration
 			return
 		}
-		if cur := p.snap.Load(); cur != nil && !r.fetchedAt().After(cur.fetchedAt) {
-			return // ours is as recent
+		finish := func() {
+			p.inflight = false
+			p.slow = time.Since(start) >= slowFetch // a long wait for the fleet counts as slow
+			p.m.sched.schedule(p, p.nextDueLocked())
+			p.applied.Add(1)
+		}
+		if cur := p.snap.Load(); cur != nil && !r.newerThan(cur) {
+			// Ours is as recent. If it changed during this refresh (a note
+			// from the fleet adopted meanwhile), that answers the refresh.
+			if cur != o.base {
+				done = true
+				finish()
+			}
+			return
 		}
 		evs = p.adoptLocked(r, o.reg, src, now, evs)
 		if o.reason == reasonUnknownKID && !r.fetchedAt().Before(start) {
@@ -123,11 +137,13 @@ func (p *provider) adoptFor(o *outcome, r *restoredSnapshot, src snapshotSource,
 				p.okSeq.Store(o.seq)
 			}
 		}
-		done = o.reason == reasonUnknownKID || now.Before(r.refreshPoint(o.reg))
+		// A first load is answered by any usable snapshot: lookups get its
+		// keys at once, and if it is due, the scheduler refreshes it now,
+		// in the background (with the IdP down, a restart must not make
+		// its first lookups wait for a fetch).
+		done = o.reason == reasonUnknownKID || o.reason == reasonFirstLoad || now.Before(r.refreshPoint(o.reg))
 		if done {
-			p.inflight = false
-			p.m.sched.schedule(p, p.nextDueLocked())
-			p.applied.Add(1)
+			finish()
 			return
 		}
 		o.base = p.snap.Load()
@@ -148,7 +164,7 @@ func (p *provider) adoptNoted(r *restoredSnapshot, reg *Registration) {
 		if p.removed.Load() || p.registration() != reg {
 			return
 		}
-		if cur := p.snap.Load(); cur != nil && !r.fetchedAt().After(cur.fetchedAt) {
+		if cur := p.snap.Load(); cur != nil && !r.newerThan(cur) {
 			return
 		}
 		evs = p.adoptLocked(r, reg, sourceFleet, now, evs)
@@ -159,6 +175,14 @@ func (p *provider) adoptNoted(r *restoredSnapshot, reg *Registration) {
 		p.applied.Add(1) // lookups waiting on a refresh look again
 	}()
 	p.emit(evs)
+}
+
+// newerThan reports whether r is a later exchange than cur: fetched later,
+// or at the same instant with other keys (clocks of a fleet's instances
+// are only so fine).
+func (r *restoredSnapshot) newerThan(cur *snapshot) bool {
+	f := r.fetchedAt()
+	return f.After(cur.fetchedAt) || f.Equal(cur.fetchedAt) && r.hash != cur.doc.hash
 }
 
 // refreshPoint is when a snapshot of r's lifetime is due for refresh under
@@ -233,6 +257,16 @@ func (p *provider) persistOutcome(o *outcome, applyErr error) {
 		ps.commit(p, o.lease, o.saved)
 	case o.lease != nil:
 		ps.release(o.lease)
+	case ok && ps.fleet != nil && o.result == resultUpdated:
+		// A new key set fetched without the lease (Refresh, Revalidate, a
+		// fetch after waiting in vain): commit it under the lease if it is
+		// free, so that the fleet adopts the rotation now rather than at
+		// its next refresh.
+		if l, _, err := ps.tryLease(p, o.reg); err == nil && l != nil {
+			ps.commit(p, l, o.saved)
+		} else {
+			ps.saveSnapshot(p, o.saved)
+		}
 	case ok:
 		ps.saveSnapshot(p, o.saved)
 	}
@@ -282,13 +316,15 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 			report(fmt.Errorf("%w: %w", ErrInvalidRegistration, err))
 			continue
 		}
-		if m.providers.get(reg.TenantID, reg.ProviderID) != nil {
-			continue // registered already: the caller's registration wins
-		}
 		// With several StoreKeys (a rotation), write the record again with
-		// the first, so that the old key can be dropped.
-		if err := m.register(ctx, reg, len(ps.keys) > 1, ""); err != nil {
-			if errors.Is(err, ErrClosed) {
+		// the first, so that the old key can be dropped. A pair registered
+		// already (checked under the registry's lock) keeps the caller's
+		// registration.
+		if err := m.register(ctx, reg, len(ps.keys) > 1, ifAbsent); err != nil {
+			if errors.Is(err, errRegistered) {
+				continue
+			}
+			if errors.Is(err, ErrClosed) || ctx.Err() != nil {
 				return n, err
 			}
 			report(err)

@@ -663,3 +663,27 @@ func TestStore_RegisterUnsaved(t *testing.T) {
 		}
 	})
 }
+
+// A rotation found by a manual refresh (no lease) still reaches the fleet
+// at once.
+func TestFleet_ManualRefreshPublishesRotation(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		idp, _ := fleetIdP(1, 3600)
+		b := newMemBackend()
+		ms := []*Manager{stManager(t, idp, memStore{b}, Options{}), stManager(t, idp, memStore{b}, Options{})}
+		for _, m := range ms {
+			mtLoad(t, m, "t", "p0", mtHost+"/p0")
+		}
+		k2 := testidp.NewKey("ES256", "k-new")
+		i6Serve(idp, "/p0", 3600, k2)
+		if err := ms[0].Refresh(t.Context(), "t", "p0"); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		before := idp.Requests("/p0")
+		mtMustKey(t, ms[1], "t", "p0", k2)
+		if idp.Requests("/p0") != before {
+			t.Fatal("the other instance fetched: the rotation was not published")
+		}
+	})
+}
