@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -203,7 +204,18 @@ func (ps *persister) start(ctx context.Context) {
 // goes on without the store.
 func (ps *persister) call(op storeOp, key providerKey, fn func(ctx context.Context) error) (err error) {
 	if until := ps.downUntil.Load(); until != 0 && time.Now().UnixNano() < until {
-		return &StoreError{Op: storeOpNames[op], TenantID: key.tenant, ProviderID: key.provider, Err: errStoreDown}
+		// Not tried, not counted; but the provider's status shows that
+		// the store is unavailable, and the failure that said so.
+		ps.mu.Lock()
+		defer ps.mu.Unlock()
+		se := &StoreError{Op: storeOpNames[op], TenantID: key.tenant, ProviderID: key.provider,
+			Err: fmt.Errorf("%w (%s)", errStoreDown, strings.TrimPrefix(ps.lastErr, "jwkscache: "))}
+		if key != (providerKey{}) && ps.m.providers.get(key.tenant, key.provider) != nil {
+			if st := ps.pairLocked(key); st.lastErr == "" {
+				st.lastErr = se.Error()
+			}
+		}
+		return se
 	}
 	span := ps.m.fetcher.tr.startStoreSpan(ps.m.ctx, storeOpNames[op], key)
 	defer func() { span.end(err) }()
