@@ -360,17 +360,7 @@ func (p *provider) applyLocked(o *outcome, now time.Time, evs []Event) []Event {
 			ns = &snapshot{keys: doc.keys, doc: doc, url: o.url, issuer: issuer, validators: res.Validators, source: o.source}
 			ns.setTimes(res.Fresh, res.FetchedAt, o.reg.staleWindow())
 			o.result = resultUpdated
-			if p.kid != nil {
-				p.kid.negative = nil
-			}
-			ev := p.newEvent(EventKeysChanged, now)
-			ev.KIDs = kidsOf(res.Keys)
-			if old != nil {
-				ev.Added, ev.Removed = diffKIDs(kidsOf(old.keys), ev.KIDs)
-				p.recordRotationLocked(len(ev.Added), len(ev.Removed))
-			} else {
-				ev.Added = ev.KIDs
-			}
+			ev := p.keysChangedLocked(old, res.Keys, now)
 			o.added, o.removed = ev.Added, ev.Removed
 			evs = append(evs, ev)
 		}
@@ -418,6 +408,25 @@ func (p *provider) applyLocked(o *outcome, now time.Time, evs []Event) []Event {
 	ev := p.newEvent(EventRefreshFailed, now)
 	ev.Err, ev.Class = o.err, errorClass(o.err)
 	return append(evs, ev)
+}
+
+// keysChangedLocked records that keys replace the keys of old (nil when
+// none were served): the unknown kids remembered as missing are forgotten,
+// the rotation is counted, and the event to emit is returned. p.mu must be
+// held.
+func (p *provider) keysChangedLocked(old *snapshot, keys *keySet, now time.Time) Event {
+	if p.kid != nil {
+		p.kid.negative = nil
+	}
+	ev := p.newEvent(EventKeysChanged, now)
+	ev.KIDs = kidsOf(keys)
+	if old == nil {
+		ev.Added = ev.KIDs
+		return ev
+	}
+	ev.Added, ev.Removed = diffKIDs(kidsOf(old.keys), ev.KIDs)
+	p.recordRotationLocked(len(ev.Added), len(ev.Removed))
+	return ev
 }
 
 // staleBeganLocked signals, once, that s is served past its expiry.

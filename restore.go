@@ -205,18 +205,7 @@ func (p *provider) adoptLocked(r *restoredSnapshot, reg *Registration, src snaps
 	}
 	old := p.snap.Load()
 	if old == nil || old.doc.hash != doc.hash {
-		ev := p.newEvent(EventKeysChanged, now)
-		ev.KIDs = kidsOf(doc.keys)
-		if old != nil {
-			ev.Added, ev.Removed = diffKIDs(kidsOf(old.keys), ev.KIDs)
-			p.recordRotationLocked(len(ev.Added), len(ev.Removed))
-		} else {
-			ev.Added = ev.KIDs
-		}
-		if p.kid != nil {
-			p.kid.negative = nil
-		}
-		evs = append(evs, ev)
+		evs = append(evs, p.keysChangedLocked(old, doc.keys, now))
 	}
 	if reg.usesDiscovery() {
 		p.jwksURL = r.rec.URL
