@@ -341,7 +341,9 @@ func fmRun(t *testing.T, row fmRow) {
 	before := fmValue(t, e.reg2, row.metric)
 	row.inject(t, e)
 	reqs := e.idp.Requests(fmPath)
+	start := time.Now()
 	err = m.Refresh(ctx, mtTenant, mtProvider)
+	took := time.Since(start)
 	if !row.tls {
 		synctest.Wait() // the store writer, when there is one
 	}
@@ -371,6 +373,13 @@ func fmRun(t *testing.T, row fmRow) {
 		}
 		if fe.RetryAfter != row.retryAfter {
 			t.Errorf("RetryAfter = %v, want %v", fe.RetryAfter, row.retryAfter)
+		}
+		if row.retryAfter > 0 && took < row.retryAfter {
+			// Virtual time: the retry waited as the server asked.
+			t.Errorf("refresh took %v, want the retry to wait Retry-After %v", took, row.retryAfter)
+		}
+		if row.class == ClassTimeout && took > e.reg.Retry.Deadline {
+			t.Errorf("refresh took %v, over its Deadline %v", took, e.reg.Retry.Deadline)
 		}
 		if row.errText != "" && !strings.Contains(err.Error(), row.errText) {
 			t.Errorf("error %q does not contain %q", err, row.errText)
