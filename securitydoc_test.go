@@ -44,6 +44,8 @@ type sdRef struct {
 	text string // the span, whitespace normalised
 	dir  string // package directory, "." for the root
 	name string // the top-level test function
+	// problem says, for a malformed reference, what is wrong.
+	problem string
 }
 
 // TestSecurityDocNamesExistingTests fails for every test that
@@ -58,8 +60,7 @@ func TestSecurityDocNamesExistingTests(t *testing.T) {
 	doc := string(raw)
 	refs, malformed := sdRefs(doc)
 	for _, m := range malformed {
-		t.Errorf("%s:%d: `%s` mentions a test but is not a reference of the form `TestName`, `TestName/sub` or `dir: TestName`",
-			sdDoc, m.line, m.text)
+		t.Errorf("%s:%d: %s", sdDoc, m.line, m.problem)
 	}
 	if len(refs) == 0 {
 		t.Fatalf("%s names no test", sdDoc)
@@ -106,13 +107,32 @@ func TestSecurityDocNamesExistingTests(t *testing.T) {
 // reference.
 func sdRefs(doc string) (refs, malformed []sdRef) {
 	text := sdStripFences(doc)
+	// Code spans never cross a blank line: pairing backticks paragraph by
+	// paragraph keeps a stray one from shifting the rest of the document.
+	off := 0
+	for _, para := range strings.SplitAfter(text, "\n\n") {
+		r, m := sdParagraphRefs(para, 1+strings.Count(text[:off], "\n"))
+		refs, malformed = append(refs, r...), append(malformed, m...)
+		off += len(para)
+	}
+	return refs, malformed
+}
+
+// sdParagraphRefs is sdRefs for one paragraph starting at line first. A
+// paragraph with an odd number of backticks is reported as malformed, since
+// a reference in it could be missed.
+func sdParagraphRefs(text string, first int) (refs, malformed []sdRef) {
+	if strings.Count(text, "`")%2 != 0 {
+		malformed = append(malformed, sdRef{line: first, problem: "the paragraph has an odd number of backticks, so a test reference in it could be missed"})
+	}
 	for _, m := range sdCodeSpanRE.FindAllStringSubmatchIndex(text, -1) {
 		span := strings.Join(strings.Fields(text[m[2]:m[3]]), " ")
-		line := 1 + strings.Count(text[:m[0]], "\n")
+		line := first + strings.Count(text[:m[0]], "\n")
 		sm := sdRefRE.FindStringSubmatch(span)
 		if sm == nil {
 			if sdLooksLikeRefRE.MatchString(span) {
-				malformed = append(malformed, sdRef{line: line, text: span})
+				malformed = append(malformed, sdRef{line: line, text: span,
+					problem: "`" + span + "` mentions a test but is not a reference of the form `TestName`, `TestName/sub` or `dir: TestName`"})
 			}
 			continue
 		}
