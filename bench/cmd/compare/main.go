@@ -1,0 +1,179 @@
+// Command compare runs the comparison workloads of issue 11 for jwkscache
+// and its peers against loopback IdPs and prints one markdown table (rows:
+// workloads, columns: peers), preceded by the machine and the command.
+package main
+
+import (
+	"cmp"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jwkscache/jwkscache/bench"
+)
+
+func main() {
+	benchtime := flag.Duration("benchtime", time.Second, "time per benchmark run")
+	runs := flag.Int("runs", 3, "benchmark runs per cell (the fastest is kept)")
+	herdN := flag.Int("herd", 1000, "goroutines of the cold herd")
+	floodN := flag.Int("flood", 10000, "unknown-kid tokens of the flood")
+	testing.Init()
+	flag.Parse()
+	if err := flag.Set("test.benchtime", benchtime.String()); err != nil {
+		fatal(err)
+	}
+
+	goVersion := runtime.Version()
+	if out, err := exec.Command("go", "version").Output(); err == nil {
+		goVersion = strings.TrimSpace(string(out))
+	}
+	fmt.Printf("Machine: %s/%s, %d CPUs, %s\n\n", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), goVersion)
+	fmt.Printf("Command: `cd bench && go run ./cmd/compare %s`\n\n", strings.Join(os.Args[1:], " "))
+
+	peers := bench.Peers
+	var rows [][]string
+	add := func(name string, cell func(bench.Peer) string) {
+		row := []string{name}
+		for _, p := range peers {
+			row = append(row, cell(p))
+		}
+		rows = append(rows, row)
+		fmt.Fprintf(os.Stderr, "done: %s\n", name)
+	}
+
+	// 1. warm lookup
+	rs, err := bench.StartIdP("RS256")
+	if err != nil {
+		fatal(err)
+	}
+	es, err := bench.StartIdP("ES256")
+	if err != nil {
+		fatal(err)
+	}
+	for _, procs := range []int{1, 2} {
+		add(fmt.Sprintf("1. warm key lookup, RS256, GOMAXPROCS=%d (ns/op, allocs/op)", procs), func(p bench.Peer) string {
+			r, skipped := best(*runs, procs, func(b *testing.B) { bench.BenchWarm(b, p, rs) })
+			if skipped {
+				return "n/a: no key lookup, only VerifySignature (see row 2)"
+			}
+			return fmt.Sprintf("%d ns, %d allocs", r.NsPerOp(), r.AllocsPerOp())
+		})
+	}
+
+	// 2. verify overhead
+	for _, idp := range []struct {
+		alg string
+		p   *bench.IdP
+	}{{"RS256", rs}, {"ES256", es}} {
+		rawJWT, _ := best(*runs, 1, func(b *testing.B) { bench.BenchRawJWT(b, idp.p) })
+		rawJOSE, _ := best(*runs, 1, func(b *testing.B) { bench.BenchRawJOSE(b, idp.p) })
+		add(fmt.Sprintf("2. verify %s through the cache minus raw key (ns/op; raw golang-jwt %d ns, raw go-jose %d ns; GOMAXPROCS=1)",
+			idp.alg, rawJWT.NsPerOp(), rawJOSE.NsPerOp()), func(p bench.Peer) string {
+			r, _ := best(*runs, 1, func(b *testing.B) { bench.BenchVerify(b, p, idp.p) })
+			base, baseName := rawJWT, "golang-jwt"
+			if p.Name == "go-oidc/v3" {
+				base, baseName = rawJOSE, "go-jose"
+			}
+			return fmt.Sprintf("%+d ns (%d vs raw %s), %+d allocs", r.NsPerOp()-base.NsPerOp(), r.NsPerOp(), baseName,
+				r.AllocsPerOp()-base.AllocsPerOp())
+		})
+	}
+	rs.Close()
+	es.Close()
+
+	// 3. cold herd
+	for _, fail := range []bool{false, true} {
+		name := fmt.Sprintf("3. cold herd: %d goroutines at once (IdP requests, got the key, time until all returned)", *herdN)
+		if fail {
+			name = fmt.Sprintf("3b. cold herd, first fetch answers 503 (%d goroutines)", *herdN)
+		}
+		add(name, func(p bench.Peer) string {
+			r, err := bench.Herd(p, *herdN, fail, 15*time.Second)
+			if err != nil {
+				return "error: " + short(err)
+			}
+			s := r.String()
+			if r.OK < r.N && r.Err != nil {
+				s += "; error: " + short(r.Err)
+			}
+			return s
+		})
+	}
+
+	// 4. conditional requests
+	add("4. If-None-Match / If-Modified-Since on a refetch", func(p bench.Peer) string {
+		r, err := bench.Conditional(p)
+		if err != nil {
+			return "error: " + short(err)
+		}
+		return r + " (" + refetchHow[p.Name] + ")"
+	})
+
+	// 5. unknown-kid flood
+	tokens := bench.FloodTokens(*floodN)
+	add(fmt.Sprintf("5. %d unknown-kid tokens from 100 goroutines (IdP requests, flood time, known-kid RS256 verify latency meanwhile)", *floodN),
+		func(p bench.Peer) string {
+			r, err := bench.Flood(p, tokens, 100, 2*time.Second)
+			if err != nil {
+				return "error: " + short(err)
+			}
+			return r.String()
+		})
+
+	fmt.Print("| workload |")
+	for _, p := range peers {
+		fmt.Printf(" %s |", p.Name)
+	}
+	fmt.Print("\n|---|")
+	for range peers {
+		fmt.Print("---|")
+	}
+	fmt.Println()
+	for _, row := range rows {
+		fmt.Println("| " + strings.Join(row, " | ") + " |")
+	}
+}
+
+// refetchHow says how each peer was made to refetch in workload 4.
+var refetchHow = map[string]string{
+	"jwkscache":        "Manager.Refresh",
+	"keyfunc/v3":       "no refresh API: an unknown kid",
+	"jwx/v3 jwk.Cache": "jwk.Cache.Refresh",
+	"go-oidc/v3":       "no refresh API: an unknown kid",
+}
+
+// best runs f runs times with GOMAXPROCS procs and keeps the fastest
+// result; skipped reports a benchmark that skipped itself.
+func best(runs, procs int, f func(*testing.B)) (r testing.BenchmarkResult, skipped bool) {
+	old := runtime.GOMAXPROCS(procs)
+	defer runtime.GOMAXPROCS(old)
+	for i := range runs {
+		x := testing.Benchmark(f)
+		if x.N == 0 {
+			return x, true
+		}
+		if i == 0 || x.NsPerOp() < r.NsPerOp() {
+			r = x
+		}
+	}
+	return r, false
+}
+
+func short(err error) string {
+	s := strings.ReplaceAll(err.Error(), "|", "/")
+	s = strings.ReplaceAll(s, "\n", " ")
+	if len(s) > 120 {
+		s = s[:120] + "…"
+	}
+	return cmp.Or(s, "error")
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(1)
+}
