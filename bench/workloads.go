@@ -1,10 +1,12 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -159,16 +161,58 @@ type HerdResult struct {
 	OK       int           // goroutines that got the key
 	Requests int           // key set requests the IdP received
 	Build    time.Duration // constructor time (some peers fetch in it)
+	First    time.Duration // from construction start until the first goroutine had the key
 	All      time.Duration // from construction start until every goroutine returned
 	Err      error         // first error of a goroutine, if any
 }
 
-func (r HerdResult) String() string {
-	s := fmt.Sprintf("%d req, %d/%d ok, %s", r.Requests, r.OK, r.N, round(r.All))
+// HerdSummary sums up repeated herds: the median run by All, and the
+// worst request count and success count over all runs.
+type HerdSummary struct {
+	Runs        []HerdResult
+	Median      HerdResult
+	MaxRequests int
+	MinOK       int
+}
+
+func (h HerdSummary) String() string {
+	r := h.Median
+	first := "never"
+	if r.OK > 0 {
+		first = round(r.First).String()
+	}
+	s := fmt.Sprintf("%d req (max of %d runs), %d/%d ok (min); median run: first key %s, all returned %s",
+		h.MaxRequests, len(h.Runs), h.MinOK, r.N, first, round(r.All))
 	if r.Build > time.Millisecond {
-		s += fmt.Sprintf(" (%s in constructor)", round(r.Build))
+		s += fmt.Sprintf(" (%s of it in the constructor)", round(r.Build))
+	}
+	if r.Err != nil {
+		e := strings.NewReplacer("|", "/", "\n", " ").Replace(r.Err.Error())
+		if len(e) > 160 {
+			e = e[:160] + "…"
+		}
+		s += "; error: " + e
 	}
 	return s
+}
+
+// HerdMany runs Herd reps times.
+func HerdMany(peer Peer, n int, fail503 bool, timeout time.Duration, reps int) (HerdSummary, error) {
+	var h HerdSummary
+	h.MinOK = n
+	for range reps {
+		r, err := Herd(peer, n, fail503, timeout)
+		if err != nil {
+			return h, err
+		}
+		h.Runs = append(h.Runs, r)
+		h.MaxRequests = max(h.MaxRequests, r.Requests)
+		h.MinOK = min(h.MinOK, r.OK)
+	}
+	sorted := slices.Clone(h.Runs)
+	slices.SortFunc(sorted, func(a, b HerdResult) int { return cmp.Compare(a.All, b.All) })
+	h.Median = sorted[len(sorted)/2]
+	return h, nil
 }
 
 // Herd builds the peer on a fresh IdP (cold) and has n goroutines ask for
@@ -197,6 +241,7 @@ func Herd(peer Peer, n int, fail503 bool, timeout time.Duration) (HerdResult, er
 	}
 	defer c.Close()
 	var ok atomic.Int64
+	var first atomic.Int64
 	var firstErr atomic.Pointer[error]
 	var wg sync.WaitGroup
 	gate := make(chan struct{})
@@ -207,13 +252,16 @@ func Herd(peer Peer, n int, fail503 bool, timeout time.Duration) (HerdResult, er
 				firstErr.CompareAndSwap(nil, &err)
 				return
 			}
-			ok.Add(1)
+			if ok.Add(1) == 1 {
+				first.Store(int64(time.Since(start)))
+			}
 		})
 	}
 	close(gate)
 	wg.Wait()
 	res.All = time.Since(start)
 	res.OK = int(ok.Load())
+	res.First = time.Duration(first.Load())
 	res.Requests = p.Requests()
 	if e := firstErr.Load(); e != nil {
 		res.Err = *e
