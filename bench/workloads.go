@@ -417,3 +417,63 @@ func round(d time.Duration) time.Duration {
 	}
 	return d
 }
+
+// ---- 6. rotation without notice
+
+// RotationResult is the outcome of one unannounced rotation.
+type RotationResult struct {
+	Delay    time.Duration // from the rotation until a token of the new key verified
+	OK       bool          // whether it verified within the window
+	Attempts int           // verify attempts made
+	Requests int           // key set requests after the rotation
+}
+
+func (r RotationResult) String() string {
+	if !r.OK {
+		return fmt.Sprintf("not within %s (%d attempts, %d req)", round(r.Delay), r.Attempts, r.Requests)
+	}
+	return fmt.Sprintf("%s (%d attempts, %d req)", round(r.Delay), r.Attempts, r.Requests)
+}
+
+// Rotations warms the peer, then n times rotates the IdP's key without
+// notice (the new key is published and signs at once) and retries a
+// token of the new key every `every` until it verifies or window ends.
+// Each rotation starts when the previous one ended.
+func Rotations(peer Peer, n int, window, every time.Duration) ([]RotationResult, error) {
+	p, err := StartIdP("RS256")
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	c, err := Warm(context.Background(), peer, p)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	var out []RotationResult
+	for range n {
+		before := p.Requests()
+		p.JWKS().Rotate("RS256")
+		tok := p.IdP.Token(p.Claims("alice", "api"))
+		var res RotationResult
+		start := time.Now()
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), window)
+			err := c.Verify(ctx, tok)
+			cancel()
+			res.Attempts++
+			res.Delay = time.Since(start)
+			if err == nil {
+				res.OK = true
+				break
+			}
+			if res.Delay >= window {
+				break
+			}
+			time.Sleep(every)
+		}
+		res.Requests = p.Requests() - before
+		out = append(out, res)
+	}
+	return out, nil
+}

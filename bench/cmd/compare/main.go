@@ -139,6 +139,15 @@ func main() {
 			return r.String()
 		})
 
+	// 6. rotation without notice
+	add("6. rotation without notice, twice in a row: until a token of the new kid verifies (retry every 100 ms, 5 s window each)", func(p bench.Peer) string {
+		rs, err := bench.Rotations(p, 2, 5*time.Second, 100*time.Millisecond)
+		if err != nil {
+			return "error: " + short(err)
+		}
+		return fmt.Sprintf("1st: %s; 2nd: %s%s", rs[0], rs[1], rotationNote[p.Name])
+	})
+
 	fmt.Print("| workload |")
 	for _, p := range peers {
 		fmt.Printf(" %s |", p.Name)
@@ -182,6 +191,13 @@ func herdNote(peer string, fail bool) string {
 		return " [waiters share one in-flight fetch and get its 503; no retry]"
 	}
 	return ""
+}
+
+// rotationNote says from each peer's source when it would pick up the
+// new key when it does not at once.
+var rotationNote = map[string]string{
+	"jwx/v3 jwk.Cache": " [no refetch on an unknown kid: the next scheduled fetch, at max-age clamped to httprc's 15 min-30 d]",
+	"keyfunc/v3":       " [unknown-kid refetch limiter: 1 per 5 min, burst 1, wait at most 1 min; otherwise the hourly refresh]",
 }
 
 // best runs f runs times with GOMAXPROCS procs and keeps the fastest
