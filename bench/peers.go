@@ -56,15 +56,107 @@ type Cache interface {
 type Peer struct {
 	Name string
 	New  func(ctx context.Context, env Env) (Cache, error)
+	// NewMany builds one cache for many providers (one per URL of
+	// env.URLs) the way the library is meant to hold them: one
+	// jwkscache.Manager or jwk.Cache with many registrations, or one
+	// keyfunc.Keyfunc or oidc.RemoteKeySet per provider (keyfunc merges
+	// the keys of all the URLs of one Keyfunc, so tenants need their own).
+	NewMany func(ctx context.Context, env Env, urls []string) (Many, error)
+}
+
+// Many is a peer holding many providers.
+type Many interface {
+	// Verify verifies raw through provider i.
+	Verify(ctx context.Context, i int, raw string) error
+	Close()
 }
 
 // Peers are the libraries compared, jwkscache first.
 var Peers = []Peer{
-	{"jwkscache", newJWKSCache},
-	{"keyfunc/v3", newKeyfunc},
-	{"jwx/v3 jwk.Cache", newJWX},
-	{"go-oidc/v3", newOIDC},
+	{"jwkscache", newJWKSCache, newJWKSCacheMany},
+	{"keyfunc/v3", newKeyfunc, manyOf(newKeyfunc)},
+	{"jwx/v3 jwk.Cache", newJWX, newJWXMany},
+	{"go-oidc/v3", newOIDC, manyOf(newOIDC)},
 }
+
+// perProvider is one Cache per provider.
+type perProvider []Cache
+
+func manyOf(newCache func(ctx context.Context, env Env) (Cache, error)) func(ctx context.Context, env Env, urls []string) (Many, error) {
+	return func(ctx context.Context, env Env, urls []string) (Many, error) {
+		var m perProvider
+		for _, u := range urls {
+			e := env
+			e.JWKSURL = u
+			c, err := newCache(ctx, e)
+			if err != nil {
+				m.Close()
+				return nil, err
+			}
+			m = append(m, c)
+		}
+		return m, nil
+	}
+}
+
+func (m perProvider) Verify(ctx context.Context, i int, raw string) error {
+	return m[i].Verify(ctx, raw)
+}
+func (m perProvider) Close() {
+	for _, c := range m {
+		c.Close()
+	}
+}
+
+type jwkscacheMany struct{ m *jwkscache.Manager }
+
+func newJWKSCacheMany(ctx context.Context, env Env, urls []string) (Many, error) {
+	m, err := jwkscache.New(jwkscache.Options{RootCAs: env.RootCAs, AllowedAddresses: env.Allowed})
+	if err != nil {
+		return nil, err
+	}
+	for i, u := range urls {
+		if err := m.Register(ctx, jwkscache.Registration{TenantID: tenant, ProviderID: fmt.Sprint("p", i), JWKSURL: u}); err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
+	return jwkscacheMany{m}, nil
+}
+
+func (j jwkscacheMany) Verify(ctx context.Context, i int, raw string) error {
+	return parseWith(raw, j.m.KeyfuncContext(ctx, tenant, fmt.Sprint("p", i)))
+}
+func (j jwkscacheMany) Close() { j.m.Close() }
+
+type jwxMany struct {
+	c      *jwxCache
+	urls   []string
+	caches []*jwxCache
+}
+
+func newJWXMany(ctx context.Context, env Env, urls []string) (Many, error) {
+	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	c, err := jwk.NewCache(cctx, httprc.NewClient())
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	m := &jwxMany{c: &jwxCache{c: c, cancel: cancel}, urls: urls}
+	for _, u := range urls {
+		if err := c.Register(ctx, u, jwk.WithHTTPClient(env.Client)); err != nil {
+			m.Close()
+			return nil, err
+		}
+		m.caches = append(m.caches, &jwxCache{c: c, url: u, cancel: func() {}})
+	}
+	return m, nil
+}
+
+func (m *jwxMany) Verify(ctx context.Context, i int, raw string) error {
+	return m.caches[i].Verify(ctx, raw)
+}
+func (m *jwxMany) Close() { m.c.Close() }
 
 // ValidMethods are the algorithms the golang-jwt based adapters accept.
 var ValidMethods = []string{"RS256", "ES256"}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -476,4 +477,86 @@ func Rotations(peer Peer, n int, window, every time.Duration) ([]RotationResult,
 		out = append(out, res)
 	}
 	return out, nil
+}
+
+// ---- 7. many providers
+
+// FleetResult is the cost of holding many providers.
+type FleetResult struct {
+	N          int
+	Build      time.Duration // constructing/registering all providers
+	Warm       time.Duration // then verifying one token through each (8 goroutines)
+	Failed     int           // providers whose token did not verify
+	Requests   int           // key set requests
+	Heap       int64         // live heap after GC, minus before
+	Goroutines int           // goroutines, minus before
+}
+
+func (r FleetResult) String() string {
+	s := fmt.Sprintf("heap +%.1f MiB (%.1f KiB/provider), goroutines +%d; register %s, first verify of all %s; %d req",
+		float64(r.Heap)/(1<<20), float64(r.Heap)/1024/float64(r.N), r.Goroutines, round(r.Build), round(r.Warm), r.Requests)
+	if r.Failed > 0 {
+		s += fmt.Sprintf(", %d failed", r.Failed)
+	}
+	return s
+}
+
+func liveHeap() int64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapAlloc)
+}
+
+// Fleet holds n providers (distinct URLs of one IdP: ?p=i) in the peer,
+// verifies a token through each, and measures heap and goroutines while
+// they are held.
+func Fleet(peer Peer, n int) (FleetResult, error) {
+	p, err := StartIdP("RS256")
+	if err != nil {
+		return FleetResult{}, err
+	}
+	defer p.Close()
+	urls := make([]string, n)
+	for i := range urls {
+		urls[i] = fmt.Sprintf("%s?p=%d", p.JWKSURL(), i)
+	}
+	env := p.Env()
+	res := FleetResult{N: n}
+	g0, h0 := runtime.NumGoroutine(), liveHeap()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	start := time.Now()
+	m, err := peer.NewMany(ctx, env, urls)
+	if err != nil {
+		return res, err
+	}
+	res.Build = time.Since(start)
+	start = time.Now()
+	var next, failed atomic.Int64
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				if err := m.Verify(ctx, i, p.Token); err != nil {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	res.Warm = time.Since(start)
+	res.Failed = int(failed.Load())
+	time.Sleep(100 * time.Millisecond) // let finished fetch goroutines exit
+	res.Heap = liveHeap() - h0
+	res.Goroutines = runtime.NumGoroutine() - g0
+	res.Requests = p.Requests()
+	m.Close()
+	env.Client.CloseIdleConnections()
+	return res, nil
 }

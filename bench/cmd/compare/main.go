@@ -22,6 +22,7 @@ func main() {
 	runs := flag.Int("runs", 3, "benchmark runs per cell (the fastest is kept)")
 	herdN := flag.Int("herd", 1000, "goroutines of the cold herd")
 	herdReps := flag.Int("herdruns", 5, "cold herds per cell (the median is shown)")
+	fleetN := flag.Int("providers", 10000, "providers of the many-providers workload")
 	floodN := flag.Int("flood", 10000, "unknown-kid tokens of the flood")
 	testing.Init()
 	flag.Parse()
@@ -148,6 +149,15 @@ func main() {
 		return fmt.Sprintf("1st: %s; 2nd: %s%s", rs[0], rs[1], rotationNote[p.Name])
 	})
 
+	// 7. many providers
+	add(fmt.Sprintf("7. %d providers held at once (distinct URLs on one IdP): heap and goroutines while held, warm-up", *fleetN), func(p bench.Peer) string {
+		r, err := bench.Fleet(p, *fleetN)
+		if err != nil {
+			return "error: " + short(err)
+		}
+		return r.String() + fleetNote[p.Name]
+	})
+
 	fmt.Print("| workload |")
 	for _, p := range peers {
 		fmt.Printf(" %s |", p.Name)
@@ -198,6 +208,14 @@ func herdNote(peer string, fail bool) string {
 var rotationNote = map[string]string{
 	"jwx/v3 jwk.Cache": " [no refetch on an unknown kid: the next scheduled fetch, at max-age clamped to httprc's 15 min-30 d]",
 	"keyfunc/v3":       " [unknown-kid refetch limiter: 1 per 5 min, burst 1, wait at most 1 min; otherwise the hourly refresh]",
+}
+
+// fleetNote says how each peer holds many providers.
+var fleetNote = map[string]string{
+	"jwkscache":        " [one Manager, one Register each]",
+	"keyfunc/v3":       " [one Keyfunc each (one Keyfunc merges the keys of its URLs); each fetches in its constructor and runs a refresh goroutine]",
+	"jwx/v3 jwk.Cache": " [one jwk.Cache, one Register each, which waits for the first fetch]",
+	"go-oidc/v3":       " [one RemoteKeySet each, fetched on first use]",
 }
 
 // best runs f runs times with GOMAXPROCS procs and keeps the fastest
