@@ -479,7 +479,7 @@ func Rotations(peer Peer, n int, window, every time.Duration) ([]RotationResult,
 	return out, nil
 }
 
-// ---- 7. many providers
+// ---- 8. many providers
 
 // FleetResult is the cost of holding many providers.
 type FleetResult struct {
@@ -558,5 +558,60 @@ func Fleet(peer Peer, n int) (FleetResult, error) {
 	res.Requests = p.Requests()
 	m.Close()
 	env.Client.CloseIdleConnections()
+	return res, nil
+}
+
+// ---- 7. outage after a short max-age
+
+// OutageResult is the outcome of an IdP outage.
+type OutageResult struct {
+	Window   time.Duration
+	Checks   int           // known-token verifies made during the outage
+	Failed   int           // of which failed
+	FirstBad time.Duration // when the first one failed, from the outage start
+	Requests int           // key set requests during the outage
+}
+
+func (r OutageResult) String() string {
+	s := fmt.Sprintf("%d/%d verified over %s", r.Checks-r.Failed, r.Checks, round(r.Window))
+	if r.Failed > 0 {
+		s += fmt.Sprintf(" (first failure after %s)", round(r.FirstBad))
+	}
+	return s + fmt.Sprintf("; %d req to the failing IdP", r.Requests)
+}
+
+// Outage warms the peer on an IdP serving max-age maxAge, then makes every
+// key set request answer 503 and verifies the known token every `every`
+// for window.
+func Outage(peer Peer, maxAge, window, every time.Duration) (OutageResult, error) {
+	p, err := StartIdP("RS256")
+	if err != nil {
+		return OutageResult{}, err
+	}
+	defer p.Close()
+	p.SetMaxAge(jwkscachetest.JWKSPath, maxAge)
+	c, err := Warm(context.Background(), peer, p)
+	if err != nil {
+		return OutageResult{}, err
+	}
+	defer c.Close()
+	p.SetFault(jwkscachetest.JWKSPath, jwkscachetest.Fault{Status: http.StatusServiceUnavailable})
+	before := p.Requests()
+	res := OutageResult{Window: window}
+	start := time.Now()
+	for time.Since(start) < window {
+		time.Sleep(every)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := c.Verify(ctx, p.Token)
+		cancel()
+		res.Checks++
+		if err != nil {
+			if res.Failed == 0 {
+				res.FirstBad = time.Since(start)
+			}
+			res.Failed++
+		}
+	}
+	res.Requests = p.Requests() - before
 	return res, nil
 }

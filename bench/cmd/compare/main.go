@@ -10,7 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +25,7 @@ func main() {
 	herdN := flag.Int("herd", 1000, "goroutines of the cold herd")
 	herdReps := flag.Int("herdruns", 5, "cold herds per cell (the median is shown)")
 	fleetN := flag.Int("providers", 10000, "providers of the many-providers workload")
+	outageWin := flag.Duration("outage", 45*time.Second, "length of the outage workload (jwkscache's MinTTL is 30 s)")
 	floodN := flag.Int("flood", 10000, "unknown-kid tokens of the flood")
 	testing.Init()
 	flag.Parse()
@@ -149,8 +152,26 @@ func main() {
 		return fmt.Sprintf("1st: %s; 2nd: %s%s", rs[0], rs[1], rotationNote[p.Name])
 	})
 
-	// 7. many providers
-	add(fmt.Sprintf("7. %d providers held at once (distinct URLs on one IdP): heap and goroutines while held, warm-up", *fleetN), func(p bench.Peer) string {
+	// 7. outage after a short max-age (run for all peers at once: it waits)
+	outage := make([]string, len(peers))
+	var wg sync.WaitGroup
+	for i, p := range peers {
+		wg.Go(func() {
+			r, err := bench.Outage(p, time.Second, *outageWin, time.Second)
+			if err != nil {
+				outage[i] = "error: " + short(err)
+				return
+			}
+			outage[i] = r.String() + outageNote[p.Name]
+		})
+	}
+	wg.Wait()
+	add(fmt.Sprintf("7. IdP outage (every request 503) after max-age=1: known token verified every 1 s for %s", *outageWin), func(p bench.Peer) string {
+		return outage[slices.IndexFunc(peers, func(q bench.Peer) bool { return q.Name == p.Name })]
+	})
+
+	// 8. many providers
+	add(fmt.Sprintf("8. %d providers held at once (distinct URLs on one IdP): heap and goroutines while held, warm-up", *fleetN), func(p bench.Peer) string {
 		r, err := bench.Fleet(p, *fleetN)
 		if err != nil {
 			return "error: " + short(err)
@@ -216,6 +237,14 @@ var fleetNote = map[string]string{
 	"keyfunc/v3":       " [one Keyfunc each (one Keyfunc merges the keys of its URLs); each fetches in its constructor and runs a refresh goroutine]",
 	"jwx/v3 jwk.Cache": " [one jwk.Cache, one Register each, which waits for the first fetch]",
 	"go-oidc/v3":       " [one RemoteKeySet each, fetched on first use]",
+}
+
+// outageNote says what each peer does with expired keys, from its source.
+var outageNote = map[string]string{
+	"jwkscache":        " [max-age clamped to MinTTL 30 s; expired keys served for StaleWhileError 1 h while refreshes fail]",
+	"keyfunc/v3":       " [keys never expire: refetch hourly, kept on failure]",
+	"jwx/v3 jwk.Cache": " [keys never expire: refetch at max-age clamped to 15 min, kept on failure]",
+	"go-oidc/v3":       " [keys never expire: refetch only on an unknown kid]",
 }
 
 // best runs f runs times with GOMAXPROCS procs and keeps the fastest
