@@ -38,7 +38,7 @@ func main() {
 		goVersion = strings.TrimSpace(string(out))
 	}
 	fmt.Printf("Machine: %s/%s, %d CPUs, %s\n\n", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), goVersion)
-	fmt.Printf("Command: `cd bench && go run ./cmd/compare %s`\n\n", strings.Join(os.Args[1:], " "))
+	fmt.Printf("Command: `%s`\n\n", strings.TrimSpace("cd bench && go run ./cmd/compare "+strings.Join(os.Args[1:], " ")))
 
 	peers := bench.Peers
 	var rows [][]string
