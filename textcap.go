@@ -2,8 +2,8 @@ package jwkscache
 
 import (
 	"strconv"
-	"strings"
-	"unicode/utf8"
+
+	"github.com/jwkscache/jwkscache/internal/textcap"
 )
 
 // Upstream data (key ids, issuers, status lines, parser messages) ends up in
@@ -28,19 +28,4 @@ func capText(s string) string { return capTo(s, maxErrorText) }
 // after maxShownID bytes.
 func showID(id string) string { return strconv.Quote(capTo(id, maxShownID)) }
 
-func capTo(s string, limit int) string {
-	if len(s) <= limit && utf8.ValidString(s) {
-		return s
-	}
-	cut := min(limit, len(s))
-	for cut > 0 && cut < len(s) && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	// ToValidUTF8 replaces each run of invalid bytes with one U+FFFD, so
-	// the head does not grow.
-	head := strings.ToValidUTF8(s[:cut], "\uFFFD")
-	if cut == len(s) {
-		return head
-	}
-	return head + "…[" + strconv.Itoa(len(s)-cut) + " more bytes]"
-}
+func capTo(s string, limit int) string { return textcap.Cap(s, limit) }

@@ -8,9 +8,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/jwkscache/jwkscache"
+
+	"github.com/jwkscache/jwkscache/internal/textcap"
 )
 
 // Error codes of ErrorResponse (api/openapi.yaml). They are stable.
@@ -125,20 +126,7 @@ func (h *Handler) managerError(w http.ResponseWriter, r *http.Request, tenant, p
 
 // capText returns s as valid UTF-8, cut at a rune boundary to at most
 // about limit bytes, with a visible marker when cut.
-func capText(s string, limit int) string {
-	if len(s) <= limit && utf8.ValidString(s) {
-		return s
-	}
-	cut := min(limit, len(s))
-	for cut > 0 && cut < len(s) && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	head := strings.ToValidUTF8(s[:cut], "\uFFFD")
-	if cut == len(s) {
-		return head
-	}
-	return head + "…[" + strconv.Itoa(len(s)-cut) + " more bytes]"
-}
+func capText(s string, limit int) string { return textcap.Cap(s, limit) }
 
 // quote quotes an identifier from a request for a message, capped.
 func quote(s string) string { return strconv.Quote(capText(s, 64)) }

@@ -11,11 +11,12 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jwkscache/jwkscache"
 	"go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/jwkscache/jwkscache/internal/textcap"
 )
 
 // MaxRecordSize caps a record: a save of a larger one fails without
@@ -332,13 +333,4 @@ func unixNano(t time.Time) int64 {
 const maxShownID = 64
 
 // showID returns id quoted, cut at a rune boundary after maxShownID bytes.
-func showID(id string) string {
-	if len(id) <= maxShownID {
-		return strconv.Quote(id)
-	}
-	cut := maxShownID
-	for cut > 0 && !utf8.RuneStart(id[cut]) {
-		cut--
-	}
-	return strconv.Quote(id[:cut]) + fmt.Sprintf("...(%d bytes)", len(id))
-}
+func showID(id string) string { return strconv.Quote(textcap.Cap(id, maxShownID)) }
