@@ -72,6 +72,20 @@ type pendingWrite struct {
 }
 
 // pairStoreState is what Status shows of one pair's store calls.
+// merge lays newer writes of the same pair over w: a deletion voids
+// everything before it.
+func (w *pendingWrite) merge(newer *pendingWrite) {
+	if newer.del {
+		*w = pendingWrite{del: true}
+	}
+	if newer.reg != nil {
+		w.reg = newer.reg
+	}
+	if newer.snap != nil {
+		w.snap, w.snapDead = newer.snap, newer.snapDead
+	}
+}
+
 type pairStoreState struct {
 	lastErr string
 	refused uint64
@@ -391,15 +405,7 @@ func (ps *persister) write(key providerKey, w pendingWrite) {
 		ps.queue = append(ps.queue, key)
 		ps.pending.Add(1)
 	}
-	if w.del {
-		*cur = pendingWrite{del: true}
-	}
-	if w.reg != nil {
-		cur.reg = w.reg
-	}
-	if w.snap != nil {
-		cur.snap, cur.snapDead = w.snap, w.snapDead
-	}
+	cur.merge(&w)
 	ps.mu.Unlock()
 	select {
 	case ps.kick <- struct{}{}:
@@ -489,6 +495,7 @@ func (ps *persister) drain(ctx context.Context) bool {
 	var (
 		failed    []providerKey
 		failedW   []*pendingWrite
+		failedAt  map[providerKey]int
 		succeeded bool
 		lastErr   error
 	)
@@ -502,7 +509,18 @@ func (ps *persister) drain(ctx context.Context) bool {
 		if !ok {
 			break
 		}
+		if i, ok := failedAt[key]; ok {
+			// Queued again since its write failed in this pass: the
+			// newer writes go over the failed ones and wait with them
+			// (requeued one by one, the older would land on top).
+			failedW[i].merge(w)
+			continue
+		}
 		if err := ps.perform(ctx, key, w, ps.timeout); err != nil {
+			if failedAt == nil {
+				failedAt = make(map[providerKey]int)
+			}
+			failedAt[key] = len(failed)
 			failed, failedW, lastErr = append(failed, key), append(failedW, w), err
 			continue
 		}
@@ -555,16 +573,7 @@ func (ps *persister) requeue(key providerKey, w *pendingWrite) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	if cur := ps.dirty[key]; cur != nil {
-		if cur.del {
-			return // newer deletion: the old writes are void
-		}
-		w.del = w.del || cur.del
-		if cur.reg != nil {
-			w.reg = cur.reg
-		}
-		if cur.snap != nil {
-			w.snap, w.snapDead = cur.snap, cur.snapDead
-		}
+		w.merge(cur)
 	} else {
 		ps.pending.Add(1)
 	}

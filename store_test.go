@@ -313,6 +313,48 @@ func TestStore_UnregisterDeletesInOrder(t *testing.T) {
 	})
 }
 
+// Writes queued for a pair while its failing write is in flight are
+// newer: they must not end up under the failed ones when both are put back.
+func TestStore_WritesQueuedDuringFailedWriteStayNewer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		idp := testidp.New()
+		i6Serve(idp, mtPath, 60, testidp.NewKey("ES256", "k1"))
+		b := newMemBackend()
+		m := stManager(t, idp, memStore{b}.plain(), Options{})
+		gate := make(chan struct{})
+		b.setFail(errMemDown)
+		b.setHang(gate)
+		mtRegister(t, m, mtTenant, "p2", mtURL)
+		synctest.Wait() // the writer is inside SaveRegistration, held at the gate
+		if b.count("saveRegistration") != 1 {
+			t.Fatalf("SaveRegistration called %d times, want 1 in flight", b.count("saveRegistration"))
+		}
+		b.setHang(nil)
+		if err := m.Unregister(t.Context(), mtTenant, "p2"); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Register(t.Context(), Registration{TenantID: mtTenant, ProviderID: "p2", JWKSURL: mtURL, Issuer: "https://last.test"}); err != nil {
+			t.Fatal(err)
+		}
+		close(gate) // the first write fails; the pass then meets the pair again
+		synctest.Wait()
+		b.setFail(nil)
+		mtWaitFor(t, time.Minute, time.Second, "the registration to be written", func() bool {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			return b.regs[providerKey{mtTenant, "p2"}] != nil
+		})
+		synctest.Wait()
+		b.mu.Lock()
+		rec := b.regs[providerKey{mtTenant, "p2"}]
+		b.mu.Unlock()
+		r, err := decodeRegistration(rec, nil)
+		if err != nil || r.Issuer != "https://last.test" {
+			t.Fatalf("stored registration has issuer %q (%v); want the last one", r.Issuer, err)
+		}
+	})
+}
+
 // Restore skips pairs already registered (the caller's registration wins)
 // and reports refused records while registering the others.
 func TestStore_RestoreReportsRefusedAndKeepsExisting(t *testing.T) {
