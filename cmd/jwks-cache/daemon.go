@@ -147,7 +147,16 @@ func startDaemon(ctx context.Context, cfg *config, log *slog.Logger, hooks daemo
 	if d.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, err
 	}
-	d.srv = &http.Server{
+	d.srv = newHTTPServer(handler, log)
+	go func() { d.served <- d.srv.Serve(d.ln) }()
+	log.Info("listening", slog.String("addr", d.ln.Addr().String()), slog.String("store", cfg.Store.describe()))
+	return d, nil
+}
+
+// newHTTPServer returns the daemon's HTTP server for handler, with the
+// limits above.
+func newHTTPServer(handler http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       readTimeout,
@@ -156,9 +165,6 @@ func startDaemon(ctx context.Context, cfg *config, log *slog.Logger, hooks daemo
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	go func() { d.served <- d.srv.Serve(d.ln) }()
-	log.Info("listening", slog.String("addr", d.ln.Addr().String()), slog.String("store", cfg.Store.describe()))
-	return d, nil
 }
 
 // Addr is the address the daemon listens on.
