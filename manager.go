@@ -284,6 +284,9 @@ func (m *Manager) register(ctx context.Context, reg Registration, save bool, ifV
 		if m.providers.get(r.TenantID, r.ProviderID) != nil {
 			return errRegistered
 		}
+		if m.persist != nil && m.persist.deleting(r.key()) {
+			return errRegistered // unregistered since: its record is stale
+		}
 	} else if ifVersion != "" {
 		p := m.providers.get(r.TenantID, r.ProviderID)
 		if p == nil {

@@ -49,6 +49,9 @@ type persister struct {
 	dirty   map[providerKey]*pendingWrite
 	queue   []providerKey // dirty pairs in the order they became dirty
 	waiters map[providerKey][]chan struct{}
+	// held: the pairs whose writes the writer has taken and not yet done
+	// or put back; true when those writes hold a deletion.
+	held    map[providerKey]bool
 	pairs   map[providerKey]*pairStoreState
 	lastErr string // the latest store failure, for Manager-wide reporting
 
@@ -161,6 +164,7 @@ func newPersister(m *Manager, opts *Options) *persister {
 		kick:    make(chan struct{}, 1),
 		dirty:   make(map[providerKey]*pendingWrite),
 		waiters: make(map[providerKey][]chan struct{}),
+		held:    make(map[providerKey]bool),
 		pairs:   make(map[providerKey]*pairStoreState),
 	}
 	ps.fleet, _ = opts.Store.(FleetStore)
@@ -293,9 +297,14 @@ func (ps *persister) fail(op storeOp, key providerKey, err error, trip bool) *St
 		ps.pairLocked(key).lastErr = msg
 	}
 	if trip && !errors.Is(err, errStoreBusy) && !errors.Is(err, ErrClosed) && ps.m.ctx.Err() == nil {
-		opened = ps.downUntil.Load() == 0
-		ps.downFor = min(max(2*ps.downFor, breakerMin), breakerMax)
-		ps.downUntil.Store(time.Now().Add(ps.downFor).UnixNano())
+		until := ps.downUntil.Load()
+		opened = until == 0
+		// A call in flight since before the breaker opened saw the same
+		// outage: it does not lengthen the backoff.
+		if until == 0 || time.Now().UnixNano() >= until {
+			ps.downFor = min(max(2*ps.downFor, breakerMin), breakerMax)
+			ps.downUntil.Store(time.Now().Add(ps.downFor).UnixNano())
+		}
 	}
 	ps.mu.Unlock()
 	if opened {
@@ -397,7 +406,18 @@ func (ps *persister) forget(key providerKey) {
 
 // write merges w into the pair's pending writes and wakes the writer.
 func (ps *persister) write(key providerKey, w pendingWrite) {
+	ps.writeFor(nil, key, w)
+}
+
+// writeFor is write of p's writes: dropped once p is removed (checked
+// under mu, so that it orders with Unregister's deletion, queued after
+// p.removed is set).
+func (ps *persister) writeFor(p *provider, key providerKey, w pendingWrite) {
 	ps.mu.Lock()
+	if p != nil && p.removed.Load() {
+		ps.mu.Unlock()
+		return
+	}
 	cur := ps.dirty[key]
 	if cur == nil {
 		cur = new(pendingWrite)
@@ -416,7 +436,7 @@ func (ps *persister) write(key providerKey, w pendingWrite) {
 // saveSnapshot queues the record of p's snapshot s.
 func (ps *persister) saveSnapshot(p *provider, s *snapshot) {
 	rec := encodeSnapshot(p.key, s, p.registration().usesDiscovery(), ps.keys)
-	ps.write(p.key, pendingWrite{snap: rec, snapDead: s.staleUntil})
+	ps.writeFor(p, p.key, pendingWrite{snap: rec, snapDead: s.staleUntil})
 }
 
 // Writer backoff after a failed write.
@@ -476,13 +496,34 @@ func (ps *persister) writer(ctx context.Context) {
 // probe asks the store for a record no pair has (empty IDs), to learn
 // whether it answers.
 func (ps *persister) probe(parent context.Context) {
-	ctx, cancel := context.WithTimeout(parent, ps.timeout)
-	defer cancel()
-	if _, err := ps.store.LoadSnapshot(ctx, "", ""); err != nil && !errors.Is(err, ErrStoreNotFound) {
+	if err := ps.ask(parent); err != nil {
 		ps.failed(opLoad, providerKey{}, err)
 		return
 	}
 	ps.ok(providerKey{})
+}
+
+// answers reports whether the store answers a probe (and closes the
+// breaker if so), recording nothing when it does not.
+func (ps *persister) answers(parent context.Context) bool {
+	if ps.ask(parent) != nil {
+		return false
+	}
+	ps.ok(providerKey{})
+	return true
+}
+
+func (ps *persister) ask(parent context.Context) error {
+	ctx, cancel := context.WithTimeout(parent, ps.timeout)
+	defer cancel()
+	err := ps.safe(func() error {
+		_, err := ps.store.LoadSnapshot(ctx, "", "")
+		return err
+	})
+	if errors.Is(err, ErrStoreNotFound) {
+		return nil
+	}
+	return err
 }
 
 // drain writes every pending pair; false when a write failed (the pair is
@@ -524,9 +565,13 @@ func (ps *persister) drain(ctx context.Context) bool {
 			failed, failedW, lastErr = append(failed, key), append(failedW, w), err
 			continue
 		}
+		ps.done(key)
 		succeeded = true
 	}
-	if lastErr != nil && !succeeded {
+	// No write succeeded: the store is down, or every pending pair's own
+	// writes are refused (a record over the store's limit). Only the
+	// first opens the breaker.
+	if lastErr != nil && !succeeded && !ps.answers(ctx) {
 		var se *StoreError
 		if errors.As(lastErr, &se) {
 			lastErr = se.Err
@@ -540,14 +585,21 @@ func (ps *persister) drain(ctx context.Context) bool {
 func (ps *persister) flush(d time.Duration) {
 	ctx, cancel := context.WithTimeout(ps.ctx, d)
 	defer cancel()
+	var failed map[providerKey]bool
 	for ctx.Err() == nil {
 		key, w, ok := ps.next()
 		if !ok {
 			return
 		}
-		if ps.perform(ctx, key, w, d) != nil {
-			return
+		// A pair's failure must not drop the others' writes; a pair met
+		// again after its write failed is not written out of order.
+		if !failed[key] && ps.perform(ctx, key, w, d) != nil {
+			if failed == nil {
+				failed = make(map[providerKey]bool)
+			}
+			failed[key] = true
 		}
+		ps.done(key)
 	}
 }
 
@@ -560,6 +612,7 @@ func (ps *persister) next() (providerKey, *pendingWrite, bool) {
 		if w := ps.dirty[key]; w != nil {
 			delete(ps.dirty, key)
 			ps.pending.Add(-1)
+			ps.held[key] = ps.held[key] || w.del
 			return key, w, true
 		}
 	}
@@ -579,6 +632,24 @@ func (ps *persister) requeue(key providerKey, w *pendingWrite) {
 	}
 	ps.dirty[key] = w
 	ps.queue = append(ps.queue, key)
+	delete(ps.held, key)
+}
+
+// deleting reports whether a deletion of the pair is not written yet.
+// Restore calls it under the registry's lock, so that it orders with
+// Unregister.
+func (ps *persister) deleting(key providerKey) bool {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	w := ps.dirty[key]
+	return ps.held[key] || w != nil && w.del
+}
+
+// done records that the writer no longer holds the pair's writes.
+func (ps *persister) done(key providerKey) {
+	ps.mu.Lock()
+	delete(ps.held, key)
+	ps.mu.Unlock()
 }
 
 // perform runs one pair's writes on the writer goroutine (a store
@@ -642,7 +713,11 @@ func (ps *persister) load(p *provider, reg *Registration, now time.Time) *restor
 func (ps *persister) loadHere(p *provider, reg *Registration, now time.Time) *restoredSnapshot {
 	ctx, cancel := context.WithTimeout(ps.ctx, ps.timeout)
 	defer cancel()
-	raw, err := ps.store.LoadSnapshot(ctx, p.key.tenant, p.key.provider)
+	var raw []byte
+	err := ps.safe(func() (err error) {
+		raw, err = ps.store.LoadSnapshot(ctx, p.key.tenant, p.key.provider)
+		return err
+	})
 	if err != nil {
 		if !errors.Is(err, ErrStoreNotFound) {
 			ps.failed(opLoad, p.key, err)
@@ -732,10 +807,40 @@ func (ps *persister) commit(p *provider, l Lease, s *snapshot) {
 		return l.Commit(ctx, rec, s.staleUntil, note)
 	})
 	if err != nil {
-		ps.write(p.key, pendingWrite{snap: rec, snapDead: s.staleUntil})
+		ps.writeFor(p, p.key, pendingWrite{snap: rec, snapDead: s.staleUntil})
 		return
 	}
 	ps.committed.Add(1)
+	ps.afterCommit(p, rec, s.staleUntil)
+}
+
+// afterCommit orders a snapshot committed under the lease (on a store
+// goroutine) with the writer's writes of the pair. If the pair was
+// unregistered meanwhile, the commit may have landed after its deletion:
+// delete again (unless registered anew). If the writer holds an older
+// snapshot of the pair (queued, failed or in flight), the committed one
+// is written again after it.
+func (ps *persister) afterCommit(p *provider, rec []byte, dead time.Time) {
+	m := ps.m
+	if p.removed.Load() {
+		if m.closed.Load() {
+			return
+		}
+		m.providers.mu.Lock()
+		if m.providers.get(p.key.tenant, p.key.provider) == nil {
+			ps.write(p.key, pendingWrite{del: true})
+		}
+		m.providers.mu.Unlock()
+		return
+	}
+	ps.mu.Lock()
+	cur := ps.dirty[p.key]
+	_, held := ps.held[p.key]
+	again := held || cur != nil && cur.snap != nil
+	ps.mu.Unlock()
+	if again {
+		ps.writeFor(p, p.key, pendingWrite{snap: rec, snapDead: dead})
+	}
 }
 
 // release gives a lease up, waiting for it (bounded as every call), so
@@ -788,7 +893,7 @@ const (
 func (ps *persister) subscribe(ctx context.Context) {
 	backoff := subscribeRetryMin
 	for {
-		err := ps.fleet.Subscribe(ctx, ps.onNote)
+		err := ps.safe(func() error { return ps.fleet.Subscribe(ctx, ps.onNote) })
 		if err == nil {
 			ps.ok(providerKey{})
 			return
