@@ -119,6 +119,48 @@ func storedKIDs(t *testing.T, b *memBackend, reg Registration, kids ...string) m
 	return out
 }
 
+// poLoaded returns a Manager on a fleet hookStore whose provider
+// (mtTenant, mtProvider) has loaded k1, with its snapshot committed.
+func poLoaded(t *testing.T) (*testidp.IdP, *memBackend, hookStore, *Manager) {
+	t.Helper()
+	idp := testidp.New()
+	i6Serve(idp, mtPath, 3600, testidp.NewKey("ES256", "k1"))
+	b := newMemBackend()
+	s := newHookStore(b)
+	m := stManager(t, idp, s, Options{})
+	mtLoad(t, m, mtTenant, mtProvider, mtURL)
+	synctest.Wait()
+	return idp, b, s, m
+}
+
+// poUnregisterDuringCommit has the IdP rotate to k2, starts a Refresh
+// whose commit under the lease is held at a gate, and unregisters the
+// provider meanwhile (its records are deleted). release lets the commit
+// go on, failing with commitErr; done yields the Refresh's result.
+func poUnregisterDuringCommit(t *testing.T, idp *testidp.IdP, b *memBackend, s hookStore, m *Manager, k2 *testidp.Key, commitErr error) (release func(), done <-chan error) {
+	t.Helper()
+	gate, release := i6Release(t)
+	s.setHook(func(ctx context.Context, op, tenant, provider string) error {
+		if op == "commit" {
+			<-gate
+			return commitErr
+		}
+		return nil
+	})
+	i6Serve(idp, mtPath, 3600, k2)
+	ch := make(chan error, 1)
+	go func() { ch <- m.Refresh(context.Background(), mtTenant, mtProvider) }()
+	synctest.Wait() // applied k2, took the lease, in Commit at the gate
+	if err := m.Unregister(t.Context(), mtTenant, mtProvider); err != nil {
+		t.Fatal(err)
+	}
+	synctest.Wait()
+	if b.snapshot(mtTenant, mtProvider) != nil {
+		t.Fatal("setup: Unregister did not delete the snapshot")
+	}
+	return release, ch
+}
+
 // Regression (snapshot after Unregister). Before the fix: A refresh that applied its
 // result just before Unregister queues its snapshot just after Unregister
 // queued the deletion: persistOutcome -> saveSnapshot does not look at
@@ -129,14 +171,8 @@ func storedKIDs(t *testing.T, b *memBackend, reg Registration, kids ...string) m
 // only not one a test can hold open.
 func TestStore_SnapshotQueuedAfterUnregisterIsWritten(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		idp := testidp.New()
-		k1, k2 := testidp.NewKey("ES256", "k1"), testidp.NewKey("ES256", "k2")
-		i6Serve(idp, mtPath, 3600, k1)
-		b := newMemBackend()
-		s := newHookStore(b)
-		m := stManager(t, idp, s, Options{})
-		mtLoad(t, m, mtTenant, mtProvider, mtURL)
-		synctest.Wait()
+		idp, b, s, m := poLoaded(t)
+		k2 := testidp.NewKey("ES256", "k2")
 		if b.snapshot(mtTenant, mtProvider) == nil {
 			t.Fatal("setup: no snapshot committed by the first load")
 		}
@@ -177,33 +213,9 @@ func TestStore_SnapshotQueuedAfterUnregisterIsWritten(t *testing.T) {
 // deletion.
 func TestStore_FailedCommitAfterUnregisterWritesSnapshot(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		idp := testidp.New()
-		k1, k2 := testidp.NewKey("ES256", "k1"), testidp.NewKey("ES256", "k2")
-		i6Serve(idp, mtPath, 3600, k1)
-		b := newMemBackend()
-		s := newHookStore(b)
-		m := stManager(t, idp, s, Options{})
-		mtLoad(t, m, mtTenant, mtProvider, mtURL)
-		synctest.Wait()
-		gate, release := i6Release(t)
-		s.setHook(func(ctx context.Context, op, tenant, provider string) error {
-			if op == "commit" {
-				<-gate
-				return errMemDown
-			}
-			return nil
-		})
-		i6Serve(idp, mtPath, 3600, k2)
-		done := make(chan error, 1)
-		go func() { done <- m.Refresh(context.Background(), mtTenant, mtProvider) }()
-		synctest.Wait() // applied k2, took the lease, in Commit at the gate
-		if err := m.Unregister(t.Context(), mtTenant, mtProvider); err != nil {
-			t.Fatal(err)
-		}
-		synctest.Wait()
-		if b.snapshot(mtTenant, mtProvider) != nil {
-			t.Fatal("setup: Unregister did not delete the snapshot")
-		}
+		idp, b, s, m := poLoaded(t)
+		k2 := testidp.NewKey("ES256", "k2")
+		release, done := poUnregisterDuringCommit(t, idp, b, s, m, k2, errMemDown)
 		release() // the commit fails: its snapshot goes to the writer
 		<-done
 		mtWaitFor(t, time.Minute, time.Second, "the writer to settle", func() bool { return m.persist.pending.Load() == 0 })
@@ -218,29 +230,9 @@ func TestStore_FailedCommitAfterUnregisterWritesSnapshot(t *testing.T) {
 // written lands after it.
 func TestStore_CommitInFlightOutlivesUnregister(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		idp := testidp.New()
-		k1, k2 := testidp.NewKey("ES256", "k1"), testidp.NewKey("ES256", "k2")
-		i6Serve(idp, mtPath, 3600, k1)
-		b := newMemBackend()
-		s := newHookStore(b)
-		m := stManager(t, idp, s, Options{})
-		mtLoad(t, m, mtTenant, mtProvider, mtURL)
-		synctest.Wait()
-		gate, release := i6Release(t)
-		s.setHook(func(ctx context.Context, op, tenant, provider string) error {
-			if op == "commit" {
-				<-gate
-			}
-			return nil
-		})
-		i6Serve(idp, mtPath, 3600, k2)
-		done := make(chan error, 1)
-		go func() { done <- m.Refresh(context.Background(), mtTenant, mtProvider) }()
-		synctest.Wait()
-		if err := m.Unregister(t.Context(), mtTenant, mtProvider); err != nil {
-			t.Fatal(err)
-		}
-		synctest.Wait()
+		idp, b, s, m := poLoaded(t)
+		k2 := testidp.NewKey("ES256", "k2")
+		release, done := poUnregisterDuringCommit(t, idp, b, s, m, k2, nil)
 		release() // the commit succeeds, after the deletion
 		<-done
 		mtWaitFor(t, time.Minute, time.Second, "the writer to settle", func() bool { return m.persist.pending.Load() == 0 })
@@ -257,14 +249,8 @@ func TestStore_CommitInFlightOutlivesUnregister(t *testing.T) {
 // ends with the keys before the rotation.
 func TestStore_QueuedSnapshotOverwritesNewerCommit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		idp := testidp.New()
-		k1, k2 := testidp.NewKey("ES256", "k1"), testidp.NewKey("ES256", "k2")
-		i6Serve(idp, mtPath, 3600, k1)
-		b := newMemBackend()
-		s := newHookStore(b)
-		m := stManager(t, idp, s, Options{})
-		mtLoad(t, m, mtTenant, mtProvider, mtURL)
-		synctest.Wait()
+		idp, b, s, m := poLoaded(t)
+		k2 := testidp.NewKey("ES256", "k2")
 		gate, release := i6Release(t)
 		s.setHook(func(ctx context.Context, op, tenant, provider string) error {
 			if op == "saveRegistration" && provider == "slow" {
@@ -299,14 +285,8 @@ func TestStore_QueuedSnapshotOverwritesNewerCommit(t *testing.T) {
 // older snapshot when the rotation is committed; its write lands last.
 func TestStore_InFlightSnapshotOverwritesNewerCommit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		idp := testidp.New()
-		k1, k2 := testidp.NewKey("ES256", "k1"), testidp.NewKey("ES256", "k2")
-		i6Serve(idp, mtPath, 3600, k1)
-		b := newMemBackend()
-		s := newHookStore(b)
-		m := stManager(t, idp, s, Options{})
-		mtLoad(t, m, mtTenant, mtProvider, mtURL)
-		synctest.Wait()
+		idp, b, s, m := poLoaded(t)
+		k2 := testidp.NewKey("ES256", "k2")
 		gate, release := i6Release(t)
 		s.setHook(func(ctx context.Context, op, tenant, provider string) error {
 			if op == "save" {
