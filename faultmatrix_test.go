@@ -211,6 +211,65 @@ func TestFaultMatrix(t *testing.T) {
 		t.Errorf("%d faults, want at least 30", len(rows))
 	}
 	t.Logf("\n| fault | class | keys kept | metric |\n|---|---|---|---|\n%s", strings.Join(table, "\n"))
+	if !t.Failed() {
+		fmCheckDocs(t, rows, table)
+	}
+}
+
+// fmCheckDocs fails unless docs/faults.md holds exactly the table the
+// matrix produced (so the published results are the tested ones) and
+// docs/security.md links every row of it by its anchor.
+func fmCheckDocs(t *testing.T, rows []fmRow, table []string) {
+	t.Helper()
+	faults, err := os.ReadFile("docs/faults.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc []string
+	for line := range strings.Lines(string(faults)) {
+		if strings.HasPrefix(line, "| <a id=") {
+			doc = append(doc, strings.TrimRight(line, "\n"))
+		}
+	}
+	if !slices.Equal(doc, table) {
+		t.Errorf("docs/faults.md does not hold the table this matrix produced; paste the table of `go test -v -run '^TestFaultMatrix$' .` into it")
+	}
+	security, err := os.ReadFile("docs/security.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, row := range rows {
+		id := row.anchor()
+		if seen[id] {
+			t.Errorf("two rows have the anchor %s", id)
+		}
+		seen[id] = true
+		if !strings.Contains(string(security), "(faults.md#"+id+")") {
+			t.Errorf("docs/security.md does not link the fault %q (faults.md#%s)", row.name, id)
+		}
+	}
+}
+
+// anchor is the row's HTML id in docs/faults.md: "fault-" and its name,
+// lower-cased, with every run of other characters than letters and
+// digits turned into one hyphen.
+func (r fmRow) anchor() string {
+	var b strings.Builder
+	b.WriteString("fault")
+	hyphen := true
+	for _, c := range strings.ToLower(r.name) {
+		if c >= 'a' && c <= 'z' || c >= '0' && c <= '9' {
+			if hyphen {
+				b.WriteByte('-')
+				hyphen = false
+			}
+			b.WriteRune(c)
+		} else {
+			hyphen = true
+		}
+	}
+	return b.String()
 }
 
 const fmPath = "/p"
@@ -273,7 +332,7 @@ func (r fmRow) markdown() string {
 	if r.note != "" {
 		name += " — " + r.note
 	}
-	return fmt.Sprintf("| %s | `%s` | %s | `%s` +1 |", name, class, kept, r.metric)
+	return fmt.Sprintf("| <a id=\"%s\"></a>%s | `%s` | %s | `%s` +1 |", r.anchor(), name, class, kept, r.metric)
 }
 
 type fmEnv struct {
