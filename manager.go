@@ -212,7 +212,7 @@ func (m *Manager) notRegistered(tenant, providerID string) error {
 // background, and a new provider's first load restores its stored
 // snapshot before any fetch.
 func (m *Manager) Register(ctx context.Context, reg Registration) error {
-	return m.register(ctx, reg, true, "")
+	return m.register(ctx, reg, true, "", 0)
 }
 
 // RegisterUnsaved is Register without saving the registration in the Store
@@ -221,7 +221,7 @@ func (m *Manager) Register(ctx context.Context, reg Registration) error {
 // file does not come back from the Store with Restore. Without a Store it
 // is Register.
 func (m *Manager) RegisterUnsaved(ctx context.Context, reg Registration) error {
-	return m.register(ctx, reg, false, "")
+	return m.register(ctx, reg, false, "", 0)
 }
 
 // RegisterIfVersion is Register for an update that must not overwrite a
@@ -234,7 +234,7 @@ func (m *Manager) RegisterIfVersion(ctx context.Context, reg Registration, versi
 	if version == "" {
 		return fmt.Errorf("%w: empty version", ErrVersionMismatch)
 	}
-	return m.register(ctx, reg, true, version)
+	return m.register(ctx, reg, true, version, 0)
 }
 
 // ifAbsent, as register's ifVersion, registers only a pair not registered
@@ -256,7 +256,7 @@ func registrationVersion(r *Registration) string {
 // register is Register; save says whether to save the registration in the
 // Store (not when Restore read it from there), and ifVersion, when not
 // empty, is RegisterIfVersion's condition.
-func (m *Manager) register(ctx context.Context, reg Registration, save bool, ifVersion string) error {
+func (m *Manager) register(ctx context.Context, reg Registration, save bool, ifVersion string, since uint64) error {
 	if m.closed.Load() {
 		return ErrClosed
 	}
@@ -284,7 +284,7 @@ func (m *Manager) register(ctx context.Context, reg Registration, save bool, ifV
 		if m.providers.get(r.TenantID, r.ProviderID) != nil {
 			return errRegistered
 		}
-		if m.persist != nil && m.persist.deleting(r.key()) {
+		if m.persist != nil && m.persist.deleting(r.key(), since) {
 			return errRegistered // unregistered since: its record is stale
 		}
 	} else if ifVersion != "" {

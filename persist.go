@@ -51,9 +51,15 @@ type persister struct {
 	waiters map[providerKey][]chan struct{}
 	// held: the pairs whose writes the writer has taken and not yet done
 	// or put back; true when those writes hold a deletion.
-	held    map[providerKey]bool
-	pairs   map[providerKey]*pairStoreState
-	lastErr string // the latest store failure, for Manager-wide reporting
+	held map[providerKey]bool
+	// delSeq counts the deletions written; while a Restore runs
+	// (restoring > 0), deletedAt has each pair's latest, so that Restore
+	// skips a pair deleted after it read the store.
+	delSeq    uint64
+	restoring int
+	deletedAt map[providerKey]uint64
+	pairs     map[providerKey]*pairStoreState
+	lastErr   string // the latest store failure, for Manager-wide reporting
 
 	// Counters read by Status and the metrics Collector.
 	opErrors  [numStoreOps]atomic.Uint64
@@ -638,11 +644,31 @@ func (ps *persister) requeue(key providerKey, w *pendingWrite) {
 // deleting reports whether a deletion of the pair is not written yet.
 // Restore calls it under the registry's lock, so that it orders with
 // Unregister.
-func (ps *persister) deleting(key providerKey) bool {
+func (ps *persister) deleting(key providerKey, since uint64) bool {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	w := ps.dirty[key]
-	return ps.held[key] || w != nil && w.del
+	return ps.held[key] || w != nil && w.del || ps.deletedAt[key] > since
+}
+
+// beginRestore starts recording deletions for a Restore, and returns the
+// deletions written so far; endRestore ends it.
+func (ps *persister) beginRestore() uint64 {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.restoring == 0 {
+		ps.deletedAt = make(map[providerKey]uint64)
+	}
+	ps.restoring++
+	return ps.delSeq
+}
+
+func (ps *persister) endRestore() {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.restoring--; ps.restoring == 0 {
+		ps.deletedAt = nil
+	}
 }
 
 // done records that the writer no longer holds the pair's writes.
@@ -669,6 +695,12 @@ func (ps *persister) perform(parent context.Context, key providerKey, w *pending
 			return err
 		}
 		w.del = false
+		ps.mu.Lock()
+		ps.delSeq++
+		if ps.restoring > 0 {
+			ps.deletedAt[key] = ps.delSeq
+		}
+		ps.mu.Unlock()
 	}
 	if w.reg != nil {
 		if err := step(opSave, func(ctx context.Context) error {
@@ -836,7 +868,7 @@ func (ps *persister) afterCommit(p *provider, rec []byte, dead time.Time) {
 	ps.mu.Lock()
 	cur := ps.dirty[p.key]
 	_, held := ps.held[p.key]
-	again := held || cur != nil && cur.snap != nil
+	again := held || cur != nil && (cur.snap != nil || cur.del)
 	ps.mu.Unlock()
 	if again {
 		ps.writeFor(p, p.key, pendingWrite{snap: rec, snapDead: dead})

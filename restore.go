@@ -282,6 +282,8 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 	if m.closed.Load() {
 		return 0, ErrClosed
 	}
+	since := ps.beginRestore()
+	defer ps.endRestore()
 	recs, err := ps.store.LoadRegistrations(ctx)
 	if err != nil {
 		return 0, ps.failed(opLoadRegistrations, providerKey{}, err)
@@ -309,7 +311,7 @@ func (m *Manager) Restore(ctx context.Context) (int, error) {
 		// the first, so that the old key can be dropped. A pair registered
 		// already (checked under the registry's lock) keeps the caller's
 		// registration.
-		if err := m.register(ctx, reg, len(ps.keys) > 1, ifAbsent); err != nil {
+		if err := m.register(ctx, reg, len(ps.keys) > 1, ifAbsent, since); err != nil {
 			if errors.Is(err, errRegistered) {
 				continue
 			}
