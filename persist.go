@@ -80,7 +80,6 @@ type pendingWrite struct {
 	snapDead time.Time // the snapshot's expireAt
 }
 
-// pairStoreState is what Status shows of one pair's store calls.
 // merge lays newer writes of the same pair over w: a deletion voids
 // everything before it.
 func (w *pendingWrite) merge(newer *pendingWrite) {
@@ -95,6 +94,7 @@ func (w *pendingWrite) merge(newer *pendingWrite) {
 	}
 }
 
+// pairStoreState is what Status shows of one pair's store calls.
 type pairStoreState struct {
 	lastErr string
 	refused uint64
@@ -641,9 +641,9 @@ func (ps *persister) requeue(key providerKey, w *pendingWrite) {
 	delete(ps.held, key)
 }
 
-// deleting reports whether a deletion of the pair is not written yet.
-// Restore calls it under the registry's lock, so that it orders with
-// Unregister.
+// deleting reports whether a deletion of the pair is not written yet, or
+// was written after the Restore that began at delSeq since. Restore calls
+// it under the registry's lock, so that it orders with Unregister.
 func (ps *persister) deleting(key providerKey, since uint64) bool {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()

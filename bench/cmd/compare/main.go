@@ -20,8 +20,8 @@ import (
 )
 
 func main() {
-	benchtime := flag.Duration("benchtime", time.Second, "benchmark time per cell and round (rows 1 and 2: runs x 5 rounds of benchtime/5 each)")
-	runs := flag.Int("runs", 3, "benchmark rounds per cell (the fastest is kept)")
+	benchtime := flag.Duration("benchtime", time.Second, "time per benchmark run (rows 1 and 2: benchtime/5 per round)")
+	runs := flag.Int("runs", 3, "benchmark runs per cell, the fastest kept (rows 1 and 2: 5 x runs rounds)")
 	herdN := flag.Int("herd", 1000, "goroutines of the cold herd")
 	herdReps := flag.Int("herdruns", 5, "cold herds per cell (the median is shown)")
 	fleetN := flag.Int("providers", 10000, "providers of the many-providers workload")
